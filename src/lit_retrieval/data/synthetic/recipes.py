@@ -1,0 +1,63 @@
+"""Ready-made benchmarks: the embedded (procedural) one and COCO objects on ImageNet backgrounds."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from .backgrounds import ImageFolderBackgrounds
+from .benchmark import DEFAULT_POSITIVES, FORMAT_VERSION, build_benchmark
+from .objects import CocoObjects
+from .procedural import ProceduralBackgrounds, ProceduralObjects
+
+EMBEDDED_QUERIES = 12
+EMBEDDED_DISTRACTORS = 30
+
+
+def build_embedded(out_root: str | Path, seed: int = 0, name: str = "embedded", n_queries: int = EMBEDDED_QUERIES,
+                   n_distractors: int = EMBEDDED_DISTRACTORS, overwrite: bool = False, progress: bool = True) -> Path:
+    """Procedural objects on procedural backgrounds: 12 queries with 3 easy, 2 hard and 1 junk positives,
+    a patch-shuffled negative per easy/hard positive and 30 distractors; images 320-480 px (long side)."""
+    n_pos = n_queries * sum(DEFAULT_POSITIVES.values())
+    objects = ProceduralObjects(n_queries + 2 * n_distractors, seed=seed)
+    backgrounds = ProceduralBackgrounds(n_pos + n_distractors, seed=seed, long_side=(320, 480))
+    return build_benchmark(objects, backgrounds, out_root, name, n_queries, n_distractors=n_distractors,
+                           seed=seed, overwrite=overwrite, progress=progress)
+
+
+def build_from_shared(coco_dir: str | Path, backgrounds_dir: str | Path, out_root: str | Path, name: str = "cocopaste",
+                      seed: int = 0, n_queries: int = 24, n_backgrounds: int = 200, n_distractors: int = 50,
+                      image_size: int = 384, overwrite: bool = False, progress: bool = True) -> Path:
+    """COCO instances (e.g. coco128) pasted on a deterministic subset of ``n_backgrounds`` images of
+    ``backgrounds_dir`` (e.g. imagenet-samples), resized to ``image_size`` on the long side."""
+    objects = CocoObjects(coco_dir)
+    backgrounds = ImageFolderBackgrounds(backgrounds_dir, max_images=n_backgrounds, seed=seed)
+    return build_benchmark(objects, backgrounds, out_root, name, n_queries, n_distractors=n_distractors,
+                           image_size=image_size, seed=seed, overwrite=overwrite, progress=progress)
+
+
+def _is_current(root: Path, name: str, seed: int) -> bool:
+    try:
+        with open(root / f"gnd_{name}.pkl", "rb") as f:
+            meta = pickle.load(f).get("meta", {})
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+        return False
+    return meta.get("version") == FORMAT_VERSION and meta.get("seed") == seed
+
+
+def embedded_root(cache_dir: str | Path, seed: int = 0, name: str = "embedded", progress: bool = False) -> Path:
+    """``<cache_dir>/<name>``, building the embedded benchmark there on first use (or when it is stale).
+
+    The build goes to a temporary folder renamed at the end, so an interrupted build leaves nothing behind
+    and concurrent callers end up with one complete copy.
+    """
+    cache_dir = Path(cache_dir)
+    root = cache_dir / name
+    if _is_current(root, name, seed):
+        return root
+    stale = root.exists()
+    try:
+        build_embedded(cache_dir, seed=seed, name=name, overwrite=stale, progress=progress)
+    except OSError:  # FileExistsError included: a concurrent build may have finished first
+        if not _is_current(root, name, seed):
+            raise
+    return root

@@ -1,0 +1,185 @@
+"""The evaluation run behind ``eval.py``: descriptors -> (whitening) -> search -> (QE) -> metrics -> outputs.
+
+Everything a reader of the results looks at is written to the run directory: ``results.json`` (mAP and mP@k
+in percent), ``pr_curve.png`` and ``topk.png`` (top-10 results of a few queries, positives/negatives/junk
+marked), and the learned whitening (``whitening.npz``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .backbones import Backbone, build_backbone
+from .data import RetrievalDataset, load_dataset, whitening_pairs
+from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
+from .retrieval import DescriptorCache, ImageItem, build_method, expand_queries, extract, search
+from .viz import pr_curve, save_pr_curves, save_topk_grid
+from .whitening import Whitening
+
+log = logging.getLogger(__name__)
+
+
+def weights_identity(weights: str, seed: int) -> str:
+    """What identifies a backbone's weights in cache keys (a file's path, size and mtime; random's seed)."""
+    if weights == "random":
+        return f"random:seed={seed}"
+    p = Path(str(weights))
+    if p.suffix in {".pth", ".pt", ".ckpt"} or p.exists():
+        st = p.stat() if p.exists() else None
+        return f"file:{p.resolve()}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
+    return str(weights)
+
+
+class DescriptorExtractor:
+    """Extracts (and caches) the descriptors of a dataset's database and queries for one method."""
+
+    def __init__(self, cfg: DictConfig, backbone: Backbone, method: torch.nn.Module):
+        self.cfg, self.backbone, self.method = cfg, backbone, method
+        self.base_key = {
+            "backbone": cfg.backbone.name,
+            "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed)),
+            **method.cache_key(),
+            "image_size": cfg.image_size,
+            "scales": [float(s) for s in cfg.scales],
+            "exif_transpose": bool(cfg.exif_transpose),
+            "version": 1,
+        }
+
+    def __call__(self, dataset: RetrievalDataset, part: str) -> tuple[np.ndarray, list[int]]:
+        if part == "db":
+            items = [ImageItem(Path(p)) for p in dataset.db_paths]
+        else:
+            items = [ImageItem(Path(p), None if b is None else tuple(float(v) for v in b))
+                     for p, b in zip(dataset.query_paths, dataset.query_bbx)]
+        cache = None
+        if self.cfg.cache.enabled:
+            key = {**self.base_key, "dataset": dataset.name, "root": str(dataset.root), "part": part,
+                   "items": [[str(i.path), i.bbx] for i in items]}
+            cache = DescriptorCache(self.cfg.cache.dir, key)
+        return extract(items, self.method, self.backbone.normalize, self.cfg.image_size,
+                       scales=[float(s) for s in self.cfg.scales], power=self.method.power, cache=cache,
+                       num_workers=int(self.cfg.num_workers), skip_bad=bool(self.cfg.skip_bad_images),
+                       exif_transpose=bool(self.cfg.exif_transpose), desc=f"{dataset.name}/{part}",
+                       device=self.cfg.device)
+
+
+def learn_whitening(cfg: DictConfig, evaluated: RetrievalDataset, db_desc: np.ndarray,
+                    extractor: DescriptorExtractor) -> Whitening | None:
+    """Learn PCA (database descriptors) or Lw (query/positive pairs) whitening on ``cfg.whitening.dataset``."""
+    wcfg = cfg.whitening
+    if wcfg.kind == "none":
+        return None
+    source = wcfg.dataset
+    if source.kind == "same":
+        if wcfg.kind == "lw":
+            raise ValueError("whitening=lw learns from the matching pairs of another dataset's ground truth: set "
+                             "whitening.dataset to a training dataset (learning it on the evaluated one is cheating)")
+        log.info("learning %s whitening on the evaluated database (%d images)", wcfg.kind, len(db_desc))
+        return Whitening.learn(db_desc, "pca", dims=wcfg.dims)
+    wdata = load_dataset(source)
+    X, _ = extractor(wdata, "db")
+    if wcfg.kind == "pca":
+        log.info("learning PCA whitening on %s (%d images)", wdata.name, len(X))
+        return Whitening.learn(X, "pca", dims=wcfg.dims)
+    Q, _ = extractor(wdata, "query")
+    qi, pi = whitening_pairs(wdata)
+    log.info("learning Lw whitening on %s (%d pairs)", wdata.name, len(qi))
+    return Whitening.learn(np.concatenate([X, Q]), "lw", pairs=(len(X) + qi, pi), dims=wcfg.dims)
+
+
+def protocol_gnd(dataset: RetrievalDataset) -> dict[str, list[dict]]:
+    if dataset.protocol == "revisited":
+        return {p: revisited_protocol(dataset.gnd, p) for p in REVISITED_PROTOCOLS}
+    return {"all": dataset.gnd}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    head = f"{results['method']} on {results['dataset']} ({results['backbone']}, image_size {results['image_size']})"
+    lines = [head, f"{'protocol':<10}{'mAP':>8}{'mP@1':>8}{'mP@5':>8}{'mP@10':>8}"]
+    for proto, m in results["map"].items():
+        pk = results["mpk"][proto]
+        lines.append(f"{proto:<10}{m:8.2f}" + "".join(f"{pk.get(str(k), float('nan')):8.2f}" for k in (1, 5, 10)))
+    return "\n".join(lines)
+
+
+def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run one evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns the results dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(int(cfg.seed))
+    t0 = time.perf_counter()
+    dataset = load_dataset(cfg.dataset)
+    backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
+    backbone.to(cfg.device)
+    params = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
+    method = build_method(cfg.method.name, backbone, **params).to(cfg.device).eval()
+    extractor = DescriptorExtractor(cfg, backbone, method)
+    db, db_skipped = extractor(dataset, "db")
+    q, q_skipped = extractor(dataset, "query")
+    t_extract = time.perf_counter() - t0
+
+    white = learn_whitening(cfg, dataset, db, extractor)
+    if white is not None:
+        white.save(out_dir / "whitening.npz")
+        db, q = white(db), white(q)
+
+    t1 = time.perf_counter()
+    k = None if cfg.topk is None else int(cfg.topk)
+    scores, ranks = search(q, db, k=k)
+    if cfg.qe.kind != "none":
+        q = expand_queries(q, db, ranks, scores, k=int(cfg.qe.k), alpha=float(cfg.qe.alpha))
+        scores, ranks = search(q, db, k=k)
+    t_search = time.perf_counter() - t1
+
+    ranks_db_nq = ranks.T  # revisitop layout: db × nq
+    metrics = evaluate_ranks(ranks_db_nq, dataset.gnd, dataset.protocol)
+    results = {
+        "method": cfg.method.name,
+        "dataset": dataset.name,
+        "backbone": cfg.backbone.name,
+        "weights": str(cfg.backbone.weights),
+        "image_size": cfg.image_size,
+        "scales": [float(s) for s in cfg.scales],
+        "whitening": cfg.whitening.kind,
+        "qe": OmegaConf.to_container(cfg.qe),
+        "protocol": dataset.protocol,
+        "map": {p: round(float(m["map"]), 4) for p, m in metrics.items()},
+        "mpk": {p: {str(kk): round(float(v), 4) for kk, v in m["mpk"].items()} for p, m in metrics.items()},
+        "n_db": dataset.n_db,
+        "n_queries": dataset.n_queries,
+        "skipped_images": {"db": [str(dataset.db_paths[i]) for i in db_skipped],
+                           "query": [str(dataset.query_paths[i]) for i in q_skipped],
+                           "count": len(db_skipped) + len(q_skipped)},
+        "time_s": {"extract": round(t_extract, 3), "search_qe": round(t_search, 4)},
+    }
+    if results["skipped_images"]["count"]:
+        log.warning("%d unreadable images were skipped (listed in results.json under skipped_images)",
+                    results["skipped_images"]["count"])
+    _write_json(out_dir / "results.json", results)
+    if cfg.results_file:
+        _write_json(Path(cfg.results_file), results)
+    if cfg.plots.enabled:
+        gnds = protocol_gnd(dataset)
+        save_pr_curves({p: pr_curve(ranks_db_nq, g) for p, g in gnds.items()}, results["map"],
+                       out_dir / "pr_curve.png", f"{results['method']} on {dataset.name}")
+        shown = np.linspace(0, dataset.n_queries - 1, min(int(cfg.plots.n_queries), dataset.n_queries)).astype(int)
+        grid_gnd = gnds["medium" if dataset.protocol == "revisited" else "all"]
+        save_topk_grid(ranks_db_nq, grid_gnd, dataset.db_paths, dataset.query_paths, dataset.query_bbx,
+                       out_dir / "topk.png", shown.tolist(), k=10)
+    print(format_table(results), flush=True)
+    return results
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,67 @@
+"""On-disk descriptor cache keyed by everything that affects a descriptor.
+
+A cache entry is a folder named by the SHA-1 of the canonical JSON of its key (backbone, weights identity,
+method and its parameters, image size, scales, dataset and image list, ...). Descriptors are stored in
+fixed-size chunks, each written atomically (temporary file + ``os.replace``), so an interrupted extraction
+resumes from the chunks already on disk and a changed configuration never reads another key's entries.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    """Stable hash of a JSON-serialisable key (sorted keys, no whitespace)."""
+    blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DescriptorCache:
+    """Chunked descriptor storage for one key under ``root``."""
+
+    def __init__(self, root: str | Path, key: dict[str, Any], chunk_size: int = 64):
+        self.key = key
+        self.chunk_size = int(chunk_size)
+        self.dir = Path(root) / key_digest({**key, "chunk_size": self.chunk_size})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "key.json"
+        if not meta.exists():
+            _atomic_write(meta, lambda f: f.write(json.dumps(key, sort_keys=True, indent=1, default=str).encode()))
+
+    def _chunk_path(self, index: int) -> Path:
+        return self.dir / f"chunk_{index:06d}.npz"
+
+    def chunks(self, n: int) -> list[range]:
+        return [range(s, min(s + self.chunk_size, n)) for s in range(0, n, self.chunk_size)]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(descriptors, skipped_mask)`` of a chunk, or ``None`` when it is not on disk (or unreadable)."""
+        path = self._chunk_path(index)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path) as z:
+                return z["desc"], z["skipped"]
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged chunk is recomputed, never trusted
+
+    def save(self, index: int, desc: np.ndarray, skipped: np.ndarray) -> None:
+        _atomic_write(self._chunk_path(index), lambda f: np.savez(f, desc=desc, skipped=skipped))

@@ -1,0 +1,86 @@
+"""Images of retrieval results: precision-recall curves and a grid of top-ranked results per query."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .data.images import crop_query, load_image  # noqa: E402
+
+RECALL_GRID = np.linspace(0, 1, 101)
+
+
+def pr_curve(ranks: np.ndarray, gnd: Sequence[dict]) -> np.ndarray | None:
+    """Mean interpolated precision at ``RECALL_GRID`` over queries with positives (junk removed).
+
+    ``ranks`` is ``db × nq`` (revisitop's layout); ``gnd`` has ``ok``/``junk`` per query.
+    """
+    curves = []
+    for i, g in enumerate(gnd):
+        ok = np.asarray(g["ok"], dtype=np.int64)
+        if ok.size == 0:
+            continue
+        col = ranks[:, i][~np.isin(ranks[:, i], np.asarray(g.get("junk", []), dtype=np.int64))]
+        hit = np.isin(col, ok)
+        tp = np.cumsum(hit)
+        precision = tp / np.arange(1, len(col) + 1)
+        recall = tp / ok.size
+        interp = np.maximum.accumulate(precision[::-1])[::-1]  # precision envelope
+        idx = np.searchsorted(recall, RECALL_GRID, side="left")
+        curves.append(np.where(idx < len(col), interp[np.minimum(idx, len(col) - 1)], 0.0))
+    return np.mean(curves, axis=0) if curves else None
+
+
+def save_pr_curves(curves: dict[str, np.ndarray | None], maps: dict[str, float], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    for name, c in curves.items():
+        if c is not None:
+            ax.plot(RECALL_GRID, c, label=f"{name} (mAP {maps[name]:.1f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _thumb(path: Path, bbx=None, size: int = 160) -> np.ndarray:
+    img = load_image(path)
+    img = crop_query(img, bbx, None, source=path) if bbx is not None else img.copy()
+    img.thumbnail((size, size), Image.LANCZOS)
+    return np.asarray(img)
+
+
+def save_topk_grid(ranks: np.ndarray, gnd: Sequence[dict], db_paths: Sequence[Path], query_paths: Sequence[Path],
+                   query_bbx: Sequence, path: Path, queries: Sequence[int], k: int = 10) -> None:
+    """Query (cropped to its box) then its top-``k`` results; green = positive, red = negative, yellow = junk."""
+    rows = len(queries)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 1.7 * rows), dpi=90, squeeze=False)
+    for r, q in enumerate(queries):
+        ok = set(np.asarray(gnd[q]["ok"]).tolist())
+        junk = set(np.asarray(gnd[q].get("junk", [])).tolist())
+        axes[r, 0].imshow(_thumb(query_paths[q], query_bbx[q]))
+        axes[r, 0].set_title(f"query {q}", fontsize=8)
+        for c in range(k):
+            ax = axes[r, c + 1]
+            if c < ranks.shape[0]:
+                i = int(ranks[c, q])
+                color = "limegreen" if i in ok else ("gold" if i in junk else "red")
+                ax.imshow(_thumb(db_paths[i]))
+                ax.set_title(f"#{c + 1} ({i})", fontsize=7, color="black")
+                for s in ax.spines.values():
+                    s.set_edgecolor(color)
+                    s.set_linewidth(4)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("top results (green: positive, red: negative, yellow: junk)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
