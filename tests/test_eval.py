@@ -114,3 +114,25 @@ def test_eval_cli_multirun_summary(tiny, tmp_path):
     assert len(summary) == 1
     text = summary[0].read_text()
     assert "method=mac" in text and "method=spoc" in text and "map/medium" in text
+
+
+def test_eval_classic_protocol_and_bad_configs(tiny, tmp_path):
+    import json as _json
+
+    ds = load_revisited(tiny, "tiny")
+    names = [p.stem for p in ds.db_paths]
+    gnd, qidx = [], []
+    for g in ds.gnd:  # classic: the query is a database image (its first easy positive), ok = itself + the rest
+        pos = [int(i) for i in g["easy"]] + [int(i) for i in g["hard"]]
+        qidx.append(pos[0])
+        gnd.append({"ok": pos, "junk": [int(i) for i in g["junk"]]})
+    gnd_file = tmp_path / "gnd_tinyclassic.json"
+    gnd_file.write_text(_json.dumps({"imlist": names, "qimlist": [names[i] for i in qidx], "qidx": qidx, "gnd": gnd}))
+    base = ["dataset=oxford5k", f"dataset.gnd_file={gnd_file}", f"dataset.images_dir={tiny}/tiny/jpg",
+            "dataset.name=tinyclassic", "image_size=128", "plots.enabled=false"]
+    res = run_eval(_cfg(tmp_path, "method=mac", *base), tmp_path / "run")
+    assert res["protocol"] == "classic" and list(res["map"]) == ["all"] and res["map"]["all"] > 0
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        run_eval(_cfg(tmp_path, "method=mac", "method.name=nope", *base), tmp_path / "bad1")
+    with pytest.raises(ValueError, match="cheating"):
+        run_eval(_cfg(tmp_path, "method=mac", "whitening=lw", "whitening.dataset.kind=same", *base), tmp_path / "b2")

@@ -6,9 +6,7 @@ marked), and the learned whitening (``whitening.npz``).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import atomic_json
 from .backbones import Backbone, build_backbone
 from .data import RetrievalDataset, load_dataset, whitening_pairs
 from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
@@ -163,9 +162,9 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     if results["skipped_images"]["count"]:
         log.warning("%d unreadable images were skipped (listed in results.json under skipped_images)",
                     results["skipped_images"]["count"])
-    _write_json(out_dir / "results.json", results)
+    atomic_json(results, out_dir / "results.json")
     if cfg.results_file:
-        _write_json(Path(cfg.results_file), results)
+        atomic_json(results, Path(cfg.results_file))
     if cfg.plots.enabled:
         gnds = protocol_gnd(dataset)
         save_pr_curves({p: pr_curve(ranks_db_nq, g) for p, g in gnds.items()}, results["map"],
@@ -176,10 +175,3 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                        out_dir / "topk.png", shown.tolist(), k=10)
     print(format_table(results), flush=True)
     return results
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

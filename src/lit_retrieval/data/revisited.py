@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_pickle
 from .dataset import RetrievalDataset
 from .errors import GroundTruthError, ImageLoadError
 from .images import bbx_problem
@@ -160,20 +160,6 @@ def read_pickle(path: Path) -> object:
             ) from err
     raise GroundTruthError("ground-truth pickle has undecodable text", path,
                            "rewrite it with Python 3 as a pickled dict of lists/numpy arrays")
-
-
-def atomic_pickle(obj: object, path: Path) -> None:
-    """Pickle ``obj`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def require_mapping(raw: object, keys: Sequence[str], file: Path, where: str = "top level") -> Mapping[str, Any]:

@@ -9,29 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 
 def key_digest(key: dict[str, Any]) -> str:
     """Stable hash of a JSON-serialisable key (sorted keys, no whitespace)."""
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class DescriptorCache:
@@ -44,7 +33,7 @@ class DescriptorCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "key.json"
         if not meta.exists():
-            _atomic_write(meta, lambda f: f.write(json.dumps(key, sort_keys=True, indent=1, default=str).encode()))
+            atomic_write(meta, lambda f: f.write(json.dumps(key, sort_keys=True, indent=1, default=str).encode()))
 
     def _chunk_path(self, index: int) -> Path:
         return self.dir / f"chunk_{index:06d}.npz"
@@ -64,4 +53,4 @@ class DescriptorCache:
             return None  # a damaged chunk is recomputed, never trusted
 
     def save(self, index: int, desc: np.ndarray, skipped: np.ndarray) -> None:
-        _atomic_write(self._chunk_path(index), lambda f: np.savez(f, desc=desc, skipped=skipped))
+        atomic_write(self._chunk_path(index), lambda f: np.savez(f, desc=desc, skipped=skipped))

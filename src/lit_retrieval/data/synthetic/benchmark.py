@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from .backgrounds import BackgroundSource, resize_long_side
 from .compositor import PRESETS, PasteParams, paste
 from .objects import ObjectInstance, ObjectRef, ObjectSource
-from .shuffle import publish_dir, shuffle_patches, write_pickle_atomic
+from ...atomic import atomic_pickle
+from .shuffle import publish_dir, shuffle_patches
 
 FORMAT_VERSION = 1
 LABELS = ("easy", "hard", "junk")
@@ -292,7 +293,7 @@ def build_benchmark(
                 "distractor_sources": sorted({r.source for t in tasks for r in t.objects if t.kind == _DISTRACTOR}),
             },
         }
-        write_pickle_atomic(data, tmp / f"gnd_{name}.pkl")
+        atomic_pickle(data, tmp / f"gnd_{name}.pkl")
         publish_dir(tmp, out_root / name, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

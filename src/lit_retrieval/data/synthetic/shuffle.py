@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ...atomic import atomic_pickle
+
 SHUFFLED_PREFIX = "shf_"
 
 
@@ -52,18 +54,6 @@ def _positives(entry: dict[str, Any]) -> list[int]:
     if "ok" in entry:
         return [int(i) for i in entry["ok"]]
     raise ValueError(f"gnd entry has none of 'easy', 'hard', 'ok' (keys: {sorted(entry)})")
-
-
-def write_pickle_atomic(obj: Any, path: Path) -> None:
-    """Pickle ``obj`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=4)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_gnd(root: str | Path, name: str) -> dict[str, Any]:
@@ -133,7 +123,7 @@ def shuffle_dataset(src_root: str | Path, src_name: str, dst_root: str | Path, d
             shuffled[new] = name
         result = {**data, "imlist": imlist + list(shuffled), "shuffled": {**data.get("shuffled", {}), **shuffled}}
         result["meta"] = {**data.get("meta", {}), "shuffled_from": src_name, "shuffle_seed": seed, "shuffle_grid": grid}
-        write_pickle_atomic(result, tmp / f"gnd_{dst_name}.pkl")
+        atomic_pickle(result, tmp / f"gnd_{dst_name}.pkl")
         publish_dir(tmp, dst_root / dst_name, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
