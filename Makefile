@@ -25,9 +25,9 @@ test-slow: venv
 	$(PY) -m pytest -q -m slow
 
 bench: venv
-	$(PY) benchmarks/rmac_pooling.py
-	$(PY) benchmarks/extraction_overhead.py
-	$(PY) benchmarks/search_scale.py
+	-$(PY) benchmarks/rmac_pooling.py
+	-$(PY) benchmarks/extraction_overhead.py
+	-$(PY) benchmarks/search_scale.py
 
 clean-cache:
 	rm -rf .cache/descriptors

@@ -4,7 +4,7 @@ Both compute cirtorch's R-MAC (whole map + ``rmac_grid`` regions, each region's 
 ``norm + 1e-6``, summed) on random non-negative maps. Prints a markdown table (output difference, median
 times, speed-up) and exits 1 if the outputs differ or the target speed-up is missed on the headline map.
 
-    .venv/bin/python benchmarks/rmac_pooling.py            # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/rmac_pooling.py            # 1-3 minutes on 2 cores
     .venv/bin/python benchmarks/rmac_pooling.py --profile  # + where the vectorised version spends its time
 """
 from __future__ import annotations

@@ -58,24 +58,55 @@ def crow(x: Tensor, a: float = 2.0, b: float = 2.0) -> Tensor:
     return (x * s).sum(dim=(-2, -1)) * omega
 
 
-def region_max(x: Tensor, boxes: np.ndarray | Tensor) -> Tensor:
+def _shift_max(flat: Tensor, k: int, step: int) -> Tensor:
+    """``out[:, q] = max(flat[:, q + i·step] for i < k)`` by doubling: ``P×M -> P×(M - (k-1)·step)``."""
+    out, span = flat, 1
+    while 2 * span <= k:
+        out = torch.maximum(out[:, : -span * step], out[:, span * step:])
+        span *= 2
+    if span < k:
+        r = (k - span) * step
+        out = torch.maximum(out[:, :-r], out[:, r:])
+    return out
+
+
+def region_max(x: Tensor, boxes: np.ndarray | Tensor, chunk: int = 1024) -> Tensor:
     """Max-pool every ``[y0, x0, h, w]`` box of a feature map: ``N×C×H×W, R×4 -> N×R×C``.
 
-    Boxes of equal size are pooled together: one sliding-window max (separable) per distinct size, then a
-    gather at the boxes' corners — no loop over regions.
+    Separable sliding maxima computed as element-wise maxima of shifted views of the flattened ``H·W``
+    planes (long contiguous runs; CPU ``max_pool2d`` and short strided reductions are far slower): maxima of
+    width ``w`` along the rows from doubling levels shared by every width, kept at the boxes' ``x0`` columns
+    only, then maxima of height ``h`` down those columns, read at the boxes' ``y0``. Boxes are grouped by
+    size (no loop over regions) and planes go ``chunk`` at a time so that intermediates stay in cache.
     """
-    b = torch.as_tensor(np.asarray(boxes), dtype=torch.long).reshape(-1, 4)
+    b = np.asarray(boxes.cpu() if isinstance(boxes, Tensor) else boxes, dtype=np.int64).reshape(-1, 4)
     N, C, H, W = x.shape
-    out = x.new_empty(N, b.shape[0], C)
-    sizes, inverse = torch.unique(b[:, 2:], dim=0, return_inverse=True)
-    for k, (h, w) in enumerate(sizes.tolist()):
-        sel = (inverse == k).nonzero(as_tuple=True)[0]
-        win = F.max_pool2d(x, kernel_size=(h, 1), stride=1) if h > 1 else x
-        win = F.max_pool2d(win, kernel_size=(1, w), stride=1) if w > 1 else win
-        flat = win.flatten(2)  # N×C×(H-h+1)(W-w+1)
-        idx = b[sel, 0] * win.shape[-1] + b[sel, 1]
-        out[:, sel, :] = flat[:, :, idx].transpose(1, 2)
-    return out
+    flat = x.reshape(N * C, H * W)
+    order = np.lexsort((b[:, 3], b[:, 2]))  # grouped by size: each size fills a contiguous output range
+    out = x.new_empty(N * C, len(b))
+    plan, start = [], 0
+    for h, w in sorted({(int(h), int(w)) for h, w in b[:, 2:]}):
+        sel = order[(b[order, 2] == h) & (b[order, 3] == w)]
+        xs, xi = np.unique(b[sel, 1], return_inverse=True)
+        cols = torch.as_tensor((np.arange(H)[:, None] * W + xs).ravel(), device=x.device)
+        idx = torch.as_tensor(b[sel, 0] * len(xs) + xi.ravel(), device=x.device)
+        plan.append((h, w, len(xs), cols, idx, start, start + len(sel)))
+        start += len(sel)
+    for p0 in range(0, N * C, chunk):
+        f = flat[p0:p0 + chunk]
+        P = f.shape[0]
+        levels = {1: f}  # levels[s][:, q] = max(f[:, q:q+s]) along the flattened plane
+        for h, w, nx, cols, idx, c0, c1 in plan:
+            s = 1 << (w.bit_length() - 1)
+            while s not in levels:
+                t = max(levels)
+                levels[2 * t] = torch.maximum(levels[t][:, :-t], levels[t][:, t:])
+            row = levels[s] if s == w else torch.maximum(levels[s][:, : s - w], levels[s][:, w - s:])
+            col = torch.gather(row, 1, cols.expand(P, -1))  # P×(H·nx): row maxima at the x0 columns
+            v = _shift_max(col, h, nx)  # P×((H-h+1)·nx)
+            out[p0:p0 + P, c0:c1] = torch.gather(v, 1, idx.expand(P, -1))
+    out = out[:, torch.as_tensor(np.argsort(order), device=x.device)]
+    return out.view(N, C, -1).transpose(1, 2)
 
 
 def rmac(

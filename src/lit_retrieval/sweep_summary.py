@@ -40,8 +40,7 @@ def collect(sweep_dir: Path, metric_keys: tuple[str, ...] = ("map", "mpk")) -> l
 
 
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
-    cols = ["run", "overrides"] + sorted({c for r in rows for c in r} - {"run", "overrides"},
-                                          key=lambda c: (not c.startswith("map"), c))
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # first-seen order: run, overrides, map E/M/H, mP@k
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+# faiss switches its exact search to BLAS only from 128000 queries on (faiss >= 1.8): with a few hundred
+# queries the fallback loop is ~7× slower (benchmarks/search_scale.py). BLAS from 20 queries on.
+faiss.cvar.distance_compute_blas_threshold = min(faiss.cvar.distance_compute_blas_threshold, 20)
+
 
 def _f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
