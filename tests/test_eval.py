@@ -136,3 +136,20 @@ def test_eval_classic_protocol_and_bad_configs(tiny, tmp_path):
         run_eval(_cfg(tmp_path, "method=mac", "method.name=nope", *base), tmp_path / "bad1")
     with pytest.raises(ValueError, match="cheating"):
         run_eval(_cfg(tmp_path, "method=mac", "whitening=lw", "whitening.dataset.kind=same", *base), tmp_path / "b2")
+
+
+def test_eval_bad_image_stops_or_is_skipped_and_counted(tiny, tmp_path):
+    import shutil
+
+    from lit_retrieval.data.errors import ImageLoadError
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny / "tiny", root / "tiny")
+    bad = sorted((root / "tiny" / "jpg").glob("db_*.jpg"))[0]
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    base = ["method=mac", "dataset=revisited", f"dataset.root={root}", "dataset.name=tiny", "image_size=128",
+            "plots.enabled=false", "whitening=pca"]
+    with pytest.raises(ImageLoadError, match=bad.name):
+        run_eval(_cfg(tmp_path, *base), tmp_path / "stop")
+    res = run_eval(_cfg(tmp_path, *base, "skip_bad_images=true"), tmp_path / "skip")
+    assert res["skipped_images"]["count"] == 1 and res["skipped_images"]["db"] == [str(bad)]

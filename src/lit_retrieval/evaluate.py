@@ -140,6 +140,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     if white is not None:
         white.save(out_dir / "whitening.npz")
         db, q = white(db), white(q)
+        db[db_skipped], q[q_skipped] = 0, 0  # unreadable images stay zero (they rank by similarity 0)
 
     t1 = time.perf_counter()
     k = None if cfg.topk is None else int(cfg.topk)
