@@ -153,3 +153,19 @@ def test_eval_bad_image_stops_or_is_skipped_and_counted(tiny, tmp_path):
         run_eval(_cfg(tmp_path, *base), tmp_path / "stop")
     res = run_eval(_cfg(tmp_path, *base, "skip_bad_images=true"), tmp_path / "skip")
     assert res["skipped_images"]["count"] == 1 and res["skipped_images"]["db"] == [str(bad)]
+
+
+def test_eval_rmac_variants(tiny, tmp_path):
+    base = ["method=rmac", "dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny", "image_size=160",
+            "plots.enabled=false"]
+    cir = run_eval(_cfg(tmp_path, *base), tmp_path / "cir")
+    ky = run_eval(_cfg(tmp_path, *base, "method.variant=kimyoon"), tmp_path / "ky")
+    # Tolias: regional PCA-whitening learned on another dataset (here a second tiny benchmark)
+    other = tmp_path / "other"
+    build_embedded(other, seed=5, name="other", n_queries=3, n_distractors=2, progress=False)
+    tol = run_eval(_cfg(tmp_path, *base, "method.variant=tolias", "~method.region_whitening.dataset",
+                        "+method.region_whitening.dataset={kind: revisited, root: " + str(other) + ", name: other}"),
+                   tmp_path / "tol")
+    assert len({str(cir["map"]), str(ky["map"]), str(tol["map"])}) == 3
+    keys = [json.loads(p.read_text()) for p in (tmp_path / ".cache" / "descriptors").rglob("key.json")]
+    assert any(k.get("region_whitening", {}).get("dataset") == "other" for k in keys)

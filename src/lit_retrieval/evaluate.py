@@ -14,11 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
+from . import pooling
 from .atomic import atomic_json
 from .backbones import Backbone, build_backbone
-from .data import RetrievalDataset, load_dataset, whitening_pairs
+from .data import RetrievalDataset, load_dataset, load_for_retrieval, whitening_pairs
 from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
+from .regions import rmac_grid
 from .retrieval import DescriptorCache, ImageItem, build_method, expand_queries, extract, search
 from .viz import pr_curve, save_pr_curves, save_topk_grid
 from .whitening import Whitening
@@ -105,6 +108,22 @@ def learn_whitening(cfg: DictConfig, evaluated: RetrievalDataset, db_desc: np.nd
     return Whitening.learn(np.concatenate([X, Q]), "lw", pairs=(len(X) + qi, pi), dims=wcfg.dims)
 
 
+def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int) -> tuple[Whitening, dict[str, Any]]:
+    """PCA-whitening of L2-normalised R-MAC regional vectors of ``method.region_whitening.dataset``'s database
+    (Tolias et al.: learned on another dataset than the evaluated one). Returns it and its cache-key entry."""
+    data = load_dataset(cfg.method.region_whitening.dataset)
+    vectors = []
+    with torch.inference_mode():
+        for path in tqdm(data.db_paths, desc=f"{data.name}/region-whitening", leave=False):
+            x = backbone.normalize(load_for_retrieval(path, cfg.image_size)[None].to(cfg.device))
+            fmap = backbone(x)
+            regions = pooling.region_max(fmap, rmac_grid(fmap.shape[-2], fmap.shape[-1], L))
+            vectors.append(pooling.l2n(regions)[0].double().cpu().numpy())
+    log.info("learning the regional PCA-whitening on %s (%d region vectors)", data.name, sum(map(len, vectors)))
+    key = {"region_whitening": {"dataset": data.name, "root": str(data.root), "n": data.n_db}}
+    return Whitening.learn(np.concatenate(vectors), "pca"), key
+
+
 def protocol_gnd(dataset: RetrievalDataset) -> dict[str, list[dict]]:
     if dataset.protocol == "revisited":
         return {p: revisited_protocol(dataset.gnd, p) for p in REVISITED_PROTOCOLS}
@@ -129,7 +148,10 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     dataset = load_dataset(cfg.dataset)
     backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
     backbone.to(cfg.device)
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
+    params = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k not in ("name", "region_whitening")}
+    if cfg.method.name == "rmac" and cfg.method.get("variant") == "tolias":
+        params["region_whitening"], params["region_whitening_key"] = learn_region_whitening(
+            cfg, backbone, int(cfg.method.L))
     method = build_method(cfg.method.name, backbone, **params).to(cfg.device).eval()
     extractor = DescriptorExtractor(cfg, backbone, method)
     db, db_skipped = extractor(dataset, "db")

@@ -32,22 +32,26 @@ def build_method(name: str, backbone: Backbone, **params: Any) -> nn.Module:
 class GlobalPooling(nn.Module):
     """Frozen backbone -> global pooling (mac, spoc, gem, crow, rmac) -> L2."""
 
-    def __init__(self, backbone: Backbone, pooling_name: str, **params: Any):
+    def __init__(self, backbone: Backbone, pooling_name: str, learned: dict[str, Any] | None = None,
+                 learned_key: dict[str, Any] | None = None, **params: Any):
+        """``params``: the pooling's parameters; ``learned``: learned inputs (e.g. a regional whitening), with
+        ``learned_key`` describing them for the descriptor cache."""
         super().__init__()
         if pooling_name not in pooling.POOLINGS:
             raise ValueError(f"unknown pooling {pooling_name!r}: choose one of {sorted(pooling.POOLINGS)}")
         self.backbone, self.pooling_name, self.params = backbone, pooling_name, dict(params)
+        self.learned, self.learned_key = dict(learned or {}), dict(learned_key or {})
         self.power = float(params["p"]) if pooling_name == "gem" else 1.0
 
     def forward(self, x: Tensor) -> Tensor:
         fmap = self.backbone(x)
-        params = self.params
+        params = {**self.params, **self.learned}
         if self.pooling_name == "rmac" and params.get("variant") == "kimyoon":
-            params = {**params, "image_hw": tuple(x.shape[-2:]), "stride": self.backbone.stride}
+            params.update(image_hw=tuple(x.shape[-2:]), stride=self.backbone.stride)
         return pooling.l2n(pooling.POOLINGS[self.pooling_name](fmap, **params))
 
     def cache_key(self) -> dict[str, Any]:
-        return {"method": self.pooling_name, **self.params}
+        return {"method": self.pooling_name, **self.params, **self.learned_key}
 
 
 for _name in ("mac", "spoc", "crow"):
@@ -60,11 +64,13 @@ def _gem(backbone: Backbone, p: float = 3.0, **kw) -> GlobalPooling:
 
 
 @register_method("rmac")
-def _rmac(backbone: Backbone, L: int = 3, variant: str = "cirtorch", **kw) -> GlobalPooling:
-    if variant == "tolias":
-        raise ValueError(
-            "eval.py method=rmac supports variant=cirtorch|kimyoon; the 'tolias' variant needs a regional "
-            "PCA-whitening learned on another dataset: call lit_retrieval.pooling.rmac(..., variant='tolias', "
-            "region_whitening=...) directly"
-        )
-    return GlobalPooling(backbone, "rmac", L=int(L), variant=variant, **kw)
+def _rmac(backbone: Backbone, L: int = 3, variant: str = "cirtorch", region_whitening=None,
+          region_whitening_key: dict | None = None, **kw) -> GlobalPooling:
+    """R-MAC; ``variant="tolias"`` needs ``region_whitening``, a PCA-whitening of regional vectors learned on
+    another dataset (``eval.py`` learns it on ``method.region_whitening.dataset``)."""
+    if variant == "tolias" and region_whitening is None:
+        raise ValueError("rmac variant 'tolias' whitens every regional vector: pass region_whitening (learned on "
+                         "region vectors of another dataset, see lit_retrieval.evaluate.learn_region_whitening)")
+    learned = {"region_whitening": region_whitening} if variant == "tolias" else None
+    return GlobalPooling(backbone, "rmac", learned=learned, learned_key=region_whitening_key if learned else None,
+                         L=int(L), variant=variant, **kw)
