@@ -119,9 +119,15 @@ def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int) -> tuple
             fmap = backbone(x)
             regions = pooling.region_max(fmap, rmac_grid(fmap.shape[-2], fmap.shape[-1], L))
             vectors.append(pooling.l2n(regions)[0].double().cpu().numpy())
-    log.info("learning the regional PCA-whitening on %s (%d region vectors)", data.name, sum(map(len, vectors)))
-    key = {"region_whitening": {"dataset": data.name, "root": str(data.root), "n": data.n_db}}
-    return Whitening.learn(np.concatenate(vectors), "pca"), key
+    X = np.concatenate(vectors)
+    dims = cfg.method.region_whitening.get("dims")
+    log.info("learning the regional PCA-whitening on %s (%d region vectors)", data.name, len(X))
+    if len(X) < 2 * X.shape[1] and dims is None:
+        log.warning("regional whitening: %d vectors for %d dimensions is too few to whiten every dimension "
+                    "reliably; learn it on a larger method.region_whitening.dataset or reduce with "
+                    "method.region_whitening.dims", len(X), X.shape[1])
+    key = {"region_whitening": {"dataset": data.name, "root": str(data.root), "n": data.n_db, "dims": dims}}
+    return Whitening.learn(X, "pca", dims=dims), key
 
 
 def protocol_gnd(dataset: RetrievalDataset) -> dict[str, list[dict]]:
