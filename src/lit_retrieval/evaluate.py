@@ -79,13 +79,13 @@ class DescriptorExtractor:
             cache = DescriptorCache(self.cfg.cache.dir, key)
         return extract(items, self.method, self.backbone.normalize, self.cfg.image_size,
                        scales=[float(s) for s in self.cfg.scales], power=self.method.power, cache=cache,
-                       num_workers=loader_workers(self.cfg.num_workers, self.cfg.device), skip_bad=bool(self.cfg.skip_bad_images),
+                       num_workers=loader_workers(self.cfg.num_workers, self.cfg.device),
+                       skip_bad=bool(self.cfg.skip_bad_images),
                        exif_transpose=bool(self.cfg.exif_transpose), desc=f"{dataset.name}/{part}",
                        device=self.cfg.device)
 
 
-def learn_whitening(cfg: DictConfig, evaluated: RetrievalDataset, db_desc: np.ndarray,
-                    extractor: DescriptorExtractor) -> Whitening | None:
+def learn_whitening(cfg: DictConfig, db_desc: np.ndarray, extractor: DescriptorExtractor) -> Whitening | None:
     """Learn PCA (database descriptors) or Lw (query/positive pairs) whitening on ``cfg.whitening.dataset``."""
     wcfg = cfg.whitening
     if wcfg.kind == "none":
@@ -164,7 +164,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     q, q_skipped = extractor(dataset, "query")
     t_extract = time.perf_counter() - t0
 
-    white = learn_whitening(cfg, dataset, db, extractor)
+    white = learn_whitening(cfg, db, extractor)
     if white is not None:
         white.save(out_dir / "whitening.npz")
         db, q = white(db), white(q)

@@ -16,7 +16,6 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .regions import kimyoon_feature_grid, rmac_grid
