@@ -30,7 +30,8 @@ def test_crow_matches_reference_loop():
 
 def test_region_max_equals_slicing():
     x = _maps(h=17, w=23)
-    boxes = np.array([[0, 0, 17, 23], [2, 3, 5, 5], [10, 1, 7, 4], [0, 20, 3, 3], [4, 4, 5, 5], [16, 22, 1, 1]])
+    boxes = np.array([[0, 0, 17, 23], [2, 3, 5, 5], [10, 1, 7, 4], [0, 20, 3, 3], [4, 4, 5, 5], [16, 22, 1, 1],
+                      [1, 2, 3, 5], [9, 0, 8, 5]])  # equal widths with other heights share their row maxima
     out = pooling.region_max(x, boxes)
     for r, (y, x0, h, w) in enumerate(boxes):
         torch.testing.assert_close(out[:, r], x[:, :, y:y + h, x0:x0 + w].amax(dim=(-2, -1)))

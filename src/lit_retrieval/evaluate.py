@@ -44,8 +44,7 @@ def loader_workers(setting: int | str, device: str) -> int:
     """``auto``: no loader process on CPU, 2 on an accelerator.
 
     On CPU a forked loader slows the network's forward pass itself (copy-on-write page faults in the main
-    process: +46% per image, benchmarks/extraction_overhead.py) by more than loading in-line costs (~5%).
-    """
+    process: +60-80% per image, benchmarks/extraction_overhead.py), far more than loading in-line (~5%)."""
     if setting == "auto":
         return 0 if str(device).startswith("cpu") else 2
     return int(setting)

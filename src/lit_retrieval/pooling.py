@@ -95,13 +95,15 @@ def region_max(x: Tensor, boxes: np.ndarray | Tensor, chunk: int = 1024) -> Tens
         f = flat[p0:p0 + chunk]
         P = f.shape[0]
         levels = {1: f}  # levels[s][:, q] = max(f[:, q:q+s]) along the flattened plane
+        rows: dict[int, Tensor] = {}  # width -> row maxima, shared by the sizes of equal width
         for h, w, nx, cols, idx, c0, c1 in plan:
-            s = 1 << (w.bit_length() - 1)
-            while s not in levels:
-                t = max(levels)
-                levels[2 * t] = torch.maximum(levels[t][:, :-t], levels[t][:, t:])
-            row = levels[s] if s == w else torch.maximum(levels[s][:, : s - w], levels[s][:, w - s:])
-            col = torch.gather(row, 1, cols.expand(P, -1))  # P×(H·nx): row maxima at the x0 columns
+            if w not in rows:
+                s = 1 << (w.bit_length() - 1)
+                while s not in levels:
+                    t = max(levels)
+                    levels[2 * t] = torch.maximum(levels[t][:, :-t], levels[t][:, t:])
+                rows[w] = levels[s] if s == w else torch.maximum(levels[s][:, : s - w], levels[s][:, w - s:])
+            col = torch.gather(rows[w], 1, cols.expand(P, -1))  # P×(H·nx): row maxima at the x0 columns
             v = _shift_max(col, h, nx)  # P×((H-h+1)·nx)
             out[p0:p0 + P, c0:c1] = torch.gather(v, 1, idx.expand(P, -1))
     out = out[:, torch.as_tensor(np.argsort(order), device=x.device)]
