@@ -16,7 +16,7 @@ export HYDRA_FULL_ERROR ?= 1
 venv: .venv/.installed
 
 demo: venv
-	$(PY) eval.py -m method=mac,spoc,gem,crow,rmac
+	$(PY) train.py experiment=quickstart
 
 test: venv
 	$(PY) -m pytest -q

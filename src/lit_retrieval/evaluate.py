@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from . import pooling
 from .atomic import atomic_json
 from .backbones import Backbone, build_backbone
-from .data import RetrievalDataset, load_dataset, load_for_retrieval, whitening_pairs
+from .data import RetrievalDataset, load_dataset, whitening_pairs
 from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
 from .regions import rmac_grid
 from .retrieval import DescriptorCache, ImageItem, build_method, expand_queries, extract, search
+from .retrieval.regional import collect_regional_vectors
 from .viz import pr_curve, save_pr_curves, save_topk_grid
 from .whitening import Whitening
 
@@ -111,14 +111,13 @@ def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int) -> tuple
     """PCA-whitening of L2-normalised R-MAC regional vectors of ``method.region_whitening.dataset``'s database
     (Tolias et al.: learned on another dataset than the evaluated one). Returns it and its cache-key entry."""
     data = load_dataset(cfg.method.region_whitening.dataset)
-    vectors = []
-    with torch.inference_mode():
-        for path in tqdm(data.db_paths, desc=f"{data.name}/region-whitening", leave=False):
-            x = backbone.normalize(load_for_retrieval(path, cfg.image_size)[None].to(cfg.device))
-            fmap = backbone(x)
-            regions = pooling.region_max(fmap, rmac_grid(fmap.shape[-2], fmap.shape[-1], L))
-            vectors.append(pooling.l2n(regions)[0].double().cpu().numpy())
-    X = np.concatenate(vectors)
+
+    def vectors(x: torch.Tensor) -> torch.Tensor:
+        fmap = backbone(x)
+        return pooling.l2n(pooling.region_max(fmap, rmac_grid(fmap.shape[-2], fmap.shape[-1], L)))
+
+    X = collect_regional_vectors(data.db_paths, vectors, backbone.normalize, cfg.image_size, cfg.device,
+                                 desc=f"{data.name}/region-whitening")
     dims = cfg.method.region_whitening.get("dims")
     log.info("learning the regional PCA-whitening on %s (%d region vectors)", data.name, len(X))
     if len(X) < 2 * X.shape[1] and dims is None:
@@ -157,6 +156,8 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     if cfg.method.name == "rmac" and cfg.method.get("variant") == "tolias":
         params["region_whitening"], params["region_whitening_key"] = learn_region_whitening(
             cfg, backbone, int(cfg.method.L))
+    if cfg.get("ckpt_path"):  # learned methods (e.g. method=regional_attention) read their checkpoint
+        params["ckpt_path"] = str(cfg.ckpt_path)
     method = build_method(cfg.method.name, backbone, **params).to(cfg.device).eval()
     extractor = DescriptorExtractor(cfg, backbone, method)
     db, db_skipped = extractor(dataset, "db")
@@ -186,6 +187,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "weights": str(cfg.backbone.weights),
         "image_size": cfg.image_size,
         "scales": [float(s) for s in cfg.scales],
+        "ckpt_path": cfg.get("ckpt_path"),
         "whitening": cfg.whitening.kind,
         "qe": OmegaConf.to_container(cfg.qe),
         "protocol": dataset.protocol,

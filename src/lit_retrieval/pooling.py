@@ -110,6 +110,22 @@ def region_max(x: Tensor, boxes: np.ndarray | Tensor, chunk: int = 1024) -> Tens
     return out.view(N, C, -1).transpose(1, 2)
 
 
+def region_mean(x: Tensor, boxes: np.ndarray | Tensor) -> Tensor:
+    """Mean-pool every ``[y0, x0, h, w]`` box of a feature map: ``N×C×H×W, R×4 -> N×R×C``.
+
+    Four look-ups per box and channel in a summed-area table (accumulated in float64, so that the
+    differences of large sums stay exact enough at any map size). Differentiable with respect to ``x``.
+    """
+    b = torch.as_tensor(np.array(boxes.cpu() if isinstance(boxes, Tensor) else boxes, dtype=np.int64)
+                        .reshape(-1, 4), device=x.device)
+    N, C, H, W = x.shape
+    sat = torch.nn.functional.pad(x.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0)).reshape(N, C, -1)
+    y0, x0, y1, x1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    at = lambda yy, xx: sat[:, :, yy * (W + 1) + xx]  # noqa: E731
+    total = at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
+    return (total / (b[:, 2] * b[:, 3])).to(x.dtype).transpose(1, 2)
+
+
 def rmac(
     x: Tensor,
     L: int = 3,

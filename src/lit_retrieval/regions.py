@@ -7,6 +7,8 @@ so that neighbours overlap by about 40%.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _OVERLAP = 0.4
@@ -113,3 +115,29 @@ def kimyoon_feature_grid(
     """
     (H, W), (h, w) = image_hw, feature_hw
     return pixel_boxes_to_feature(kimyoon_grid(H, W, L), stride, h, w)
+
+
+GRIDS = ("rmac", "kimyoon")
+
+
+@functools.lru_cache(maxsize=256)
+def sample_regions(grid: str, image_hw: tuple[int, int], feature_hw: tuple[int, int], stride: int,
+                   S: int) -> tuple[np.ndarray, np.ndarray]:
+    """The R-MAC region sampler ``C_S`` of Kim & Yoon: feature-map boxes ``[y0, x0, h, w]`` of scales ``1..S``
+    and the scale level of each box (``R``-vectors, read-only, cached by size).
+
+    ``grid="rmac"``: cirtorch's grid on the feature map; ``grid="kimyoon"``: their pixel grid projected at
+    ``stride`` (the paper-faithful option). Neither includes the whole-map region (as in Kim & Yoon's code).
+    """
+    if grid == "rmac":
+        make = lambda level: rmac_grid(*feature_hw, level)  # noqa: E731
+    elif grid == "kimyoon":
+        make = lambda level: kimyoon_feature_grid(image_hw, feature_hw, stride, level)  # noqa: E731
+    else:
+        raise ValueError(f"unknown region grid {grid!r}: choose one of {GRIDS}")
+    boxes = make(S)
+    counts = np.diff([0] + [len(make(level)) for level in range(1, S + 1)])
+    levels = np.repeat(np.arange(1, S + 1), counts)
+    boxes.setflags(write=False)
+    levels.setflags(write=False)
+    return boxes, levels

@@ -24,7 +24,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def collect(sweep_dir: Path, metric_keys: tuple[str, ...] = ("map", "mpk")) -> list[dict[str, Any]]:
+_METRIC_KEYS = ("map", "mpk", "monitor_value", "metrics")  # eval.py's and train.py's results.json
+
+
+def collect(sweep_dir: Path, metric_keys: tuple[str, ...] = _METRIC_KEYS) -> list[dict[str, Any]]:
     """Rows ``{"run", "overrides", <metric>: value}`` for every ``*/results.json`` under ``sweep_dir``."""
     rows = []
     for res in sorted(sweep_dir.glob("*/results.json"), key=lambda p: (len(p.parent.name), p.parent.name)):

@@ -74,3 +74,21 @@ def _rmac(backbone: Backbone, L: int = 3, variant: str = "cirtorch", region_whit
     learned = {"region_whitening": region_whitening} if variant == "tolias" else None
     return GlobalPooling(backbone, "rmac", learned=learned, learned_key=region_whitening_key if learned else None,
                          L=int(L), variant=variant, **kw)
+
+
+@register_method("regional_attention")
+def _regional_attention(backbone: Backbone, ckpt_path: str | None = None, scales: int | None = None,
+                        **kw) -> nn.Module:
+    """Kim & Yoon's regional attention from a ``train.py model=regional_attention`` checkpoint (attention,
+    regional whitening and region settings); ``scales`` overrides its test scale S."""
+    if not ckpt_path:
+        raise ValueError("method=regional_attention needs a trained checkpoint: pass ckpt_path=RUN/checkpoints/"
+                         "best.ckpt (from `python train.py model=regional_attention ...`)")
+    if kw:
+        raise ValueError(f"method=regional_attention takes ckpt_path and scales, not {sorted(kw)}")
+    from ..models import load_regional_attention
+
+    net = load_regional_attention(ckpt_path, backbone)
+    if scales is not None:
+        net.scales = int(scales)
+    return net

@@ -1,0 +1,129 @@
+"""Experiment loggers that never block or kill a run.
+
+``build_loggers(cfg.logger)`` instantiates each configured logger (``conf/logger/*.yaml``: a mapping from a
+logger's name to its Hydra config with ``_target_``). One that cannot be built (missing package, wandb
+trouble, a bad config, anything) is reported as a warning and left out: the run goes on with the others.
+
+wandb has no server here: it defaults to offline mode (``WANDB_MODE=offline`` unless set) with a bounded
+init timeout (``WANDB_INIT_TIMEOUT``), and its run is started right away, inside the guard, so that a
+failure shows up here instead of at the first ``log`` call mid-run.
+
+``log_table``/``log_images``/``log_hyperparams`` send extras to the loggers that take them; every call is
+guarded, so an exception is logged as a warning and swallowed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+WANDB_INIT_TIMEOUT_S = 30  # seconds; only when WANDB_INIT_TIMEOUT is not set already
+
+
+def _is_wandb(target: str) -> bool:
+    return "wandb" in target.lower()
+
+
+def _prepare_wandb_env() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", str(WANDB_INIT_TIMEOUT_S))
+
+
+def _close(logger: Any) -> None:
+    """Best effort clean-up of a logger that failed half way (a started wandb run, open files)."""
+    try:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger._experiment.finish(exit_code=1)
+        elif hasattr(logger, "finalize"):
+            logger.finalize("failed")
+    except Exception as e:  # noqa: BLE001 - clean-up must not raise either
+        log.debug("closing %s failed: %s", type(logger).__name__, e)
+
+
+def build_loggers(cfg: DictConfig | Mapping | None) -> list[Logger]:
+    """Instantiate every logger in ``cfg`` (name -> Hydra config with ``_target_``); skip, with a warning, any that fails.
+
+    ``None`` or an empty mapping gives no loggers. Entries that are ``None`` are skipped silently (a way to
+    switch one off from the command line, ``logger.wandb=null``).
+    """
+    if cfg is None:
+        return []
+    # Hydra is only needed when there is something to build.
+    from hydra.utils import instantiate
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    loggers: list[Logger] = []
+    for name, conf in cfg.items():
+        if conf is None:
+            continue
+        logger = None
+        try:
+            if not isinstance(conf, DictConfig) or "_target_" not in conf:
+                raise ValueError("its config is not a mapping with a _target_")
+            target = str(conf._target_)
+            if _is_wandb(target):
+                _prepare_wandb_env()
+            logger = instantiate(conf, _convert_="all")
+            if not isinstance(logger, Logger):
+                raise TypeError(f"{target} built a {type(logger).__name__}, not a pytorch_lightning Logger")
+            # Start the experiment now (wandb.init, CSV folder), so that it fails here rather than mid-run.
+            _ = logger.experiment
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a logger must never kill the run
+            log.warning("logger %r is left out: %s: %s", str(name), type(e).__name__, e)
+            if logger is not None:
+                _close(logger)
+            continue
+        loggers.append(logger)
+        log.info("logger %r: %s", str(name), type(logger).__name__)
+    return loggers
+
+
+def _as_list(loggers: Logger | Iterable[Logger] | None) -> list[Logger]:
+    if loggers is None:
+        return []
+    if isinstance(loggers, Logger):
+        return [loggers]
+    return list(loggers)
+
+
+def _guarded(what: str, logger: Any, call: Callable[[], Any]) -> None:
+    try:
+        call()
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a logger must never kill the run
+        log.warning("%s on %s failed (ignored): %s: %s", what, type(logger).__name__, type(e).__name__, e)
+
+
+def log_table(loggers: Logger | Iterable[Logger] | None, key: str, columns: list[str], rows: list[list]) -> None:
+    """A table to wandb (``WandbLogger.log_table``); other loggers take nothing (the CSV logger has the metrics)."""
+    for lg in _as_list(loggers):
+        if isinstance(lg, WandbLogger):
+            _guarded(f"log_table({key!r})", lg,
+                     lambda lg=lg: lg.log_table(key=key, columns=list(columns), data=[list(r) for r in rows]))
+
+
+def log_images(loggers: Logger | Iterable[Logger] | None, key: str, paths: list[str | Path],
+               step: int | None = None) -> None:
+    """Image files to wandb (``WandbLogger.log_image``); other loggers take nothing."""
+    for lg in _as_list(loggers):
+        if isinstance(lg, WandbLogger):
+            _guarded(f"log_images({key!r})", lg,
+                     lambda lg=lg: lg.log_image(key=key, images=[str(p) for p in paths], step=step))
+
+
+def log_hyperparams(loggers: Logger | Iterable[Logger] | None, params: dict | DictConfig) -> None:
+    """``log_hyperparams(params)`` on every logger (a DictConfig is resolved to plain containers first)."""
+    if isinstance(params, DictConfig):
+        try:
+            params = OmegaConf.to_container(params, resolve=True)
+        except Exception:  # noqa: BLE001 - unresolvable interpolations: keep them as written
+            params = OmegaConf.to_container(params, resolve=False)
+    for lg in _as_list(loggers):
+        _guarded("log_hyperparams", lg, lambda lg=lg: lg.log_hyperparams(params))

@@ -1,0 +1,73 @@
+"""The training run behind ``train.py``: data, module, callbacks, loggers and Trainer from the Hydra config.
+
+Writes ``results.json`` in the run folder (final metrics, best checkpoint and its score), which the multirun
+summary (``lit_retrieval.sweep_summary``) collects into one row per run.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .atomic import atomic_json
+from .loggers import build_loggers, log_hyperparams
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` (plain containers), re-raising the object's own error (e.g. missing weights
+    with its fix) instead of Hydra's wrapper around it."""
+    try:
+        return instantiate(cfg, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        if e.__cause__ is not None:
+            raise e.__cause__ from None
+        raise
+
+
+def build_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
+    """Every entry of ``cfg.callbacks`` with a ``_target_``, in order."""
+    return [build(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist. Fix: point it at an interrupted run's "
+                                "checkpoints/last.ckpt (or leave it out to start afresh)")
+    pl.seed_everything(int(cfg.seed), workers=True)
+    datamodule = build(cfg.data)
+    model = build(cfg.model)
+    callbacks = build_callbacks(cfg.get("callbacks"))
+    loggers = build_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_hyperparams(loggers, OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    ckpts = trainer.checkpoint_callbacks
+    ckpt = next((c for c in ckpts if getattr(c, "monitor", None)), None)
+    last = next((c for c in ckpts if not getattr(c, "monitor", None)), None)
+    best = ckpt.best_model_score if ckpt is not None else None
+    results = {
+        "task": "train",
+        "monitor": cfg.get("monitor"),
+        "monitor_value": None if best is None else round(float(best), 4),
+        "best_checkpoint": None if ckpt is None else ckpt.best_model_path,
+        "last_checkpoint": None if last is None else last.best_model_path,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "metrics": dict(sorted(metrics.items())),
+    }
+    if trainer.is_global_zero:
+        atomic_json(results, out_dir / "results.json")
+    log.info("training done: best %s = %s (%s)", results["monitor"], results["monitor_value"],
+             results["best_checkpoint"])
+    return results

@@ -1,0 +1,133 @@
+"""train.py end to end on tiny generated data: outputs, resume after a kill, multirun summary, DDP evaluation."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from lit_retrieval.data.synthetic import build_embedded
+from lit_retrieval.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    build_embedded(root, seed=3, name="tiny", n_queries=3, n_distractors=4, progress=False)
+    return root
+
+
+def _overrides(root: Path, tiny: Path, *extra: str) -> list[str]:
+    bench = f"{{kind: revisited, root: '{tiny}', name: tiny}}"
+    return [f"paths.root_dir={root}", f"paths.log_dir={root}/logs", f"paths.cache_dir={root}/cache",
+            "experiment=quickstart", "logger=csv", "trainer.max_epochs=3", "image_size=128",
+            "data.embedded.n_classes=3", "data.embedded.n_train=4", "data.embedded.n_val=2", "data.crop=64",
+            "data.min_side=72", "data.jitter=8", "data.batch_size=4", "model.scales=3", "model.train_scales=2",
+            "~model.whitening.dataset", f"+model.whitening.dataset={bench}", "model.whitening.dims=64",
+            "~callbacks.retrieval_eval.datasets", f"+callbacks.retrieval_eval.datasets={{tiny: {bench}}}",
+            "~callbacks.attention_viz.dataset", f"+callbacks.attention_viz.dataset={bench}",
+            "callbacks.attention_viz.n_images=2", "monitor=retrieval/tiny/regional_attention/mAP_M", *extra]
+
+
+def _cfg(out: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.output_dir={out}"])
+
+
+def _attention(ckpt: Path) -> dict[str, torch.Tensor]:
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in sd.items() if k.startswith("net.attention.")}
+
+
+def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny):
+    out = tmp_path / "run"
+    res = train(_cfg(out, _overrides(tmp_path, tiny)))
+    assert res["global_step"] == 9 and res["epochs"] == 3  # 12 images, batches of 4
+    assert Path(res["best_checkpoint"]) == out / "checkpoints" / "best.ckpt"
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    metrics = res["metrics"]
+    for method in ("regional_attention", "rmac_uniform", "rmac", "gem"):
+        for p in ("E", "M", "H"):
+            assert 0 <= metrics[f"retrieval/tiny/{method}/mAP_{p}"] <= 100
+    assert res["monitor_value"] == pytest.approx(max(h["retrieval/tiny/regional_attention/mAP_M"] for h in
+                                                     json.loads((out / "retrieval.json").read_text())["history"]),
+                                                 abs=1e-4)
+    assert "val/error" in metrics and "train/loss" in metrics
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(res))
+    for f in ("attention_regions.png", "attention_hist.png", "attention_regions_final.png"):
+        assert (out / "plots" / f).stat().st_size > 1000
+    assert list((out / "csv").rglob("metrics.csv"))
+
+    # eval.py reads the best checkpoint like any other method
+    from lit_retrieval.evaluate import run_eval
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        ecfg = compose("eval", overrides=[
+            f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", "num_workers=0",
+            "method=regional_attention", f"ckpt_path={out}/checkpoints/best.ckpt", "dataset=revisited",
+            f"dataset.root={tiny}", "dataset.name=tiny", "backbone=efficientnet_lite0", "image_size=128"])
+    ev = run_eval(ecfg, tmp_path / "eval")
+    best_epoch = [h for h in json.loads((out / "retrieval.json").read_text())["history"]
+                  if abs(h["retrieval/tiny/regional_attention/mAP_M"] - res["monitor_value"]) < 1e-4][0]
+    for p, name in (("E", "easy"), ("M", "medium"), ("H", "hard")):
+        assert ev["map"][name] == pytest.approx(best_epoch[f"retrieval/tiny/regional_attention/mAP_{p}"], abs=1e-3)
+
+
+def test_missing_resnet_weights_stop_with_the_fix(tmp_path, tiny, monkeypatch):
+    from lit_retrieval.backbones.weights import WeightsNotFoundError
+
+    monkeypatch.setenv("LIT_RETRIEVAL_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setenv("LIT_RETRIEVAL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    cfg = _cfg(tmp_path / "run", _overrides(tmp_path, tiny, "backbone=resnet101"))
+    with pytest.raises(WeightsNotFoundError, match="resnet101"):
+        train(cfg)
+
+
+def test_resume_after_kill_reaches_the_same_state(tmp_path, tiny):
+    """A run SIGKILLed in the middle of its 3rd epoch, resumed from last.ckpt, ends exactly where an uninterrupted run does."""
+    over = _overrides(tmp_path, tiny, "callbacks.attention_viz.enabled=false")
+    full = train(_cfg(tmp_path / "full", over))
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers"), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *over, f"hydra.run.dir={killed}",
+                           "+callbacks.kill._target_=crash.KillMidEpoch", "+callbacks.kill.epoch=2",
+                           "+callbacks.kill.batch=1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    last = killed / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    assert not (killed / "results.json").exists()
+    resumed = train(_cfg(killed, [*over, f"ckpt_path={last}"]))
+    assert resumed["global_step"] == full["global_step"] == 9
+    a, b = _attention(Path(full["last_checkpoint"])), _attention(Path(resumed["last_checkpoint"]))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    ck_full = torch.load(full["last_checkpoint"], map_location="cpu", weights_only=True)
+    ck_res = torch.load(resumed["last_checkpoint"], map_location="cpu", weights_only=True)
+    for x, y in zip(ck_full["optimizer_states"][0]["state"].values(), ck_res["optimizer_states"][0]["state"].values()):
+        torch.testing.assert_close(x["momentum_buffer"], y["momentum_buffer"], rtol=0, atol=0)
+    assert ck_full["lr_schedulers"] == ck_res["lr_schedulers"]
+    hist = json.loads((killed / "retrieval.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]  # the callback's state came back with the checkpoint
+
+
+def test_multirun_writes_a_summary_row_per_run(tmp_path, tiny):
+    over = _overrides(tmp_path, tiny, "trainer.max_epochs=1", "callbacks.attention_viz.enabled=false")
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *[o for o in over if "model.scales" not in o],
+                           "model.scales=2,3", f"hydra.sweep.dir={sweep}"],
+                          env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (sweep / "summary.md").read_text()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    assert len(rows) == 2 and "model.scales=2" in rows[0] and "model.scales=3" in rows[1]
+    assert "retrieval/tiny/regional_attention/mAP_M" in table.splitlines()[0]
+    assert "sweep summary" in proc.stdout
