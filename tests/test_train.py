@@ -79,6 +79,16 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny):
     for p, name in (("E", "easy"), ("M", "medium"), ("H", "hard")):
         assert ev["map"][name] == pytest.approx(best_epoch[f"retrieval/tiny/regional_attention/mAP_{p}"], abs=1e-3)
 
+    # the region scale S is part of the descriptor cache key (it once collided with eval's multi-scale `scales`)
+    from lit_retrieval.backbones import build_backbone
+    from lit_retrieval.evaluate import DescriptorExtractor
+    from lit_retrieval.retrieval import build_method
+
+    bb = build_backbone("efficientnet_lite0", weights="imagenet")
+    keys = [DescriptorExtractor(ecfg, bb, build_method("regional_attention", bb, ckpt_path=str(ecfg.ckpt_path),
+                                                       scales=S)).base_key for S in (2, 3)]
+    assert keys[0] != keys[1]
+
 
 def test_missing_resnet_weights_stop_with_the_fix(tmp_path, tiny, monkeypatch):
     from lit_retrieval.backbones.weights import WeightsNotFoundError
@@ -91,6 +101,12 @@ def test_missing_resnet_weights_stop_with_the_fix(tmp_path, tiny, monkeypatch):
         train(cfg)
 
 
+def test_monitor_without_retrieval_evaluation_fails_before_training(tmp_path, tiny):
+    with pytest.raises(ValueError, match="monitor=val/error monitor_mode=min"):
+        train(_cfg(tmp_path / "run", _overrides(tmp_path, tiny, "callbacks.retrieval_eval.enabled=false")))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_resume_after_kill_reaches_the_same_state(tmp_path, tiny):
     """A run SIGKILLed in the middle of its 3rd epoch, resumed from last.ckpt, ends exactly where an uninterrupted run does."""
     over = _overrides(tmp_path, tiny, "callbacks.attention_viz.enabled=false")
@@ -100,7 +116,7 @@ def test_resume_after_kill_reaches_the_same_state(tmp_path, tiny):
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *over, f"hydra.run.dir={killed}",
                            "+callbacks.kill._target_=crash.KillMidEpoch", "+callbacks.kill.epoch=2",
                            "+callbacks.kill.batch=1"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == -9, proc.stderr[-3000:]
     last = killed / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
@@ -124,7 +140,7 @@ def test_multirun_writes_a_summary_row_per_run(tmp_path, tiny):
     sweep = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *[o for o in over if "model.scales" not in o],
                            "model.scales=2,3", f"hydra.sweep.dir={sweep}"],
-                          env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300)
+                          env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (sweep / "summary.md").read_text()
     rows = [line for line in table.splitlines()[2:] if line.startswith("|")]

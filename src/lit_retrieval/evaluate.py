@@ -58,11 +58,11 @@ class DescriptorExtractor:
         self.base_key = {
             "backbone": cfg.backbone.name,
             "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed)),
-            **method.cache_key(),
-            "image_size": cfg.image_size,
+            "method": method.cache_key(),  # nested: a method's own keys (e.g. its region scales S) never
+            "image_size": cfg.image_size,  # collide with the extraction's (e.g. the multi-scale ``scales``)
             "scales": [float(s) for s in cfg.scales],
             "exif_transpose": bool(cfg.exif_transpose),
-            "version": 1,
+            "version": 2,
         }
 
     def __call__(self, dataset: RetrievalDataset, part: str) -> tuple[np.ndarray, list[int]]:

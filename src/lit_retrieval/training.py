@@ -36,7 +36,22 @@ def build_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
     return [build(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
 
 
+def check_monitor(cfg: DictConfig) -> None:
+    """Fail before training, not at the first validation, when ``monitor`` names a retrieval metric that the
+    retrieval-evaluation callback will never log (disabled, or not evaluating that dataset)."""
+    monitor = str(cfg.get("monitor") or "")
+    if not monitor.startswith("retrieval/") or monitor.count("/") < 3:
+        return
+    dataset = monitor.split("/")[1]
+    r = (cfg.get("callbacks") or {}).get("retrieval_eval")
+    if r is None or not r.get("enabled", True) or (r.get("datasets") or {}).get(dataset) is None:
+        raise ValueError(f"monitor={monitor} is a retrieval metric, but callbacks.retrieval_eval does not evaluate "
+                         f"dataset {dataset!r} (disabled or not among its datasets), so checkpoints/best.ckpt could "
+                         "never be chosen. Fix: monitor=val/error monitor_mode=min, or evaluate that dataset")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
+    check_monitor(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():

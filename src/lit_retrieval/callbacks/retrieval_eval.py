@@ -69,7 +69,8 @@ class RetrievalEvaluation(pl.Callback):
         super().__init__()
         if int(every_n_epochs) < 1:
             raise ValueError(f"callbacks.retrieval_eval.every_n_epochs={every_n_epochs} must be >= 1")
-        self.dataset_cfgs = {k: dict(v) for k, v in (datasets or {}).items()}
+        # a null entry switches off a dataset inherited from another config (e.g. an experiment's)
+        self.dataset_cfgs = {k: dict(v) for k, v in (datasets or {}).items() if v is not None}
         self.baseline_cfgs = {k: dict(v) for k, v in (baselines or {}).items()}
         self.image_size, self.every, self.ks = int(image_size), int(every_n_epochs), tuple(int(k) for k in ks)
         self.cache_dir, self.output_dir, self.enabled = cache_dir, output_dir, bool(enabled)
@@ -147,7 +148,7 @@ class RetrievalEvaluation(pl.Callback):
         mine = items[rank::world]
         cache = None
         if cacheable and self.cache_dir and hasattr(method, "cache_key"):
-            key = {"backbone": pl_module.backbone.name, **method.cache_key(), "image_size": self.image_size,
+            key = {"backbone": pl_module.backbone.name, "method": method.cache_key(), "image_size": self.image_size,
                    "weights": weights_identity(str(pl_module.hparams.get("backbone", {}).get("weights", "")), 0),
                    "dataset": data.name, "root": str(data.root), "part": part, "shard": [rank, world],
                    "items": [[str(i.path), i.bbx] for i in mine], "version": 1}

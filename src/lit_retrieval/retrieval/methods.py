@@ -78,17 +78,18 @@ def _rmac(backbone: Backbone, L: int = 3, variant: str = "cirtorch", region_whit
 
 @register_method("regional_attention")
 def _regional_attention(backbone: Backbone, ckpt_path: str | None = None, scales: int | None = None,
-                        **kw) -> nn.Module:
+                        uniform: bool = False, **kw) -> nn.Module:
     """Kim & Yoon's regional attention from a ``train.py model=regional_attention`` checkpoint (attention,
-    regional whitening and region settings); ``scales`` overrides its test scale S."""
+    regional whitening and region settings); ``scales`` overrides its test scale S; ``uniform=True`` drops the
+    attention (Φ ≡ 1: the paper's baseline, mean-pooled R-MAC on the same regions and whitening)."""
     if not ckpt_path:
         raise ValueError("method=regional_attention needs a trained checkpoint: pass ckpt_path=RUN/checkpoints/"
                          "best.ckpt (from `python train.py model=regional_attention ...`)")
     if kw:
-        raise ValueError(f"method=regional_attention takes ckpt_path and scales, not {sorted(kw)}")
-    from ..models import load_regional_attention
+        raise ValueError(f"method=regional_attention takes ckpt_path, scales and uniform, not {sorted(kw)}")
+    from ..models import UniformRegions, load_regional_attention
 
     net = load_regional_attention(ckpt_path, backbone)
     if scales is not None:
         net.scales = int(scales)
-    return net
+    return UniformRegions(net) if uniform else net
