@@ -28,6 +28,7 @@ bench: venv
 	-$(PY) benchmarks/rmac_pooling.py
 	-$(PY) benchmarks/extraction_overhead.py
 	-$(PY) benchmarks/search_scale.py
+	-$(PY) benchmarks/regional_attention_speed.py
 
 clean-cache:
 	rm -rf .cache/descriptors

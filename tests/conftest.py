@@ -16,6 +16,16 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny generated cut-and-paste benchmark in the revisited format: ``dataset.root=<tiny> dataset.name=tiny``."""
+    from lit_retrieval.data.synthetic import build_embedded
+
+    root = tmp_path_factory.mktemp("bench")
+    build_embedded(root, seed=3, name="tiny", n_queries=3, n_distractors=4, progress=False)
+    return root
+
+
 @pytest.fixture
 def golden():
     return lambda name: shared_path("golden", name)

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_retrieval.callbacks import RetrievalEvaluation, gather_rows
-from lit_retrieval.data.synthetic import build_embedded
 from lit_retrieval.modules import RegionalAttentionModule
 
 
@@ -38,9 +37,8 @@ def test_gather_rows_single_process_is_identity():
     assert gather_rows(x, 6, 0, 1) is x
 
 
-def test_ddp_retrieval_metrics_equal_single_process(tmp_path):
-    bench = tmp_path / "bench"
-    build_embedded(bench, seed=3, name="tiny", n_queries=3, n_distractors=4, progress=False)
+def test_ddp_retrieval_metrics_equal_single_process(tmp_path, tiny):
+    bench = tiny
     one = _validate(tmp_path / "one", bench, devices=1)
     two = _validate(tmp_path / "two", bench, devices=2)
     assert (one["world_size"], two["world_size"]) == (1, 2)

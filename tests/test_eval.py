@@ -22,13 +22,6 @@ from lit_retrieval.metrics import compute_map, revisited_protocol
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    build_embedded(root, seed=3, name="tiny", n_queries=3, n_distractors=4, progress=False)
-    return root
-
-
 def _cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("eval", overrides=[f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs",
@@ -168,4 +161,4 @@ def test_eval_rmac_variants(tiny, tmp_path):
                    tmp_path / "tol")
     assert len({str(cir["map"]), str(ky["map"]), str(tol["map"])}) == 3
     keys = [json.loads(p.read_text()) for p in (tmp_path / ".cache" / "descriptors").rglob("key.json")]
-    assert any(k.get("region_whitening", {}).get("dataset") == "other" for k in keys)
+    assert any(k["method"].get("region_whitening", {}).get("dataset") == "other" for k in keys)

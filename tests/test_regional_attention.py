@@ -168,6 +168,9 @@ def test_checkpoint_round_trip_without_backbone_weights(tmp_path, backbone):
     x = backbone.normalize(torch.rand(1, 3, 150, 200))
     with torch.no_grad():
         torch.testing.assert_close(net(x), module.net(x))
+    rebuilt = load_regional_attention(str(tmp_path / "x.ckpt"))  # backbone rebuilt from the checkpoint's settings
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), module.net(x))
     module.load_state_dict(ckpt["state_dict"])  # Lightning's resume path: strict, backbone taken as built
     with pytest.raises(ValueError, match="backbone"):
         load_regional_attention(str(tmp_path / "x.ckpt"), build_backbone("resnet50", weights="random"))

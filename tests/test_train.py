@@ -11,17 +11,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from lit_retrieval.data.synthetic import build_embedded
 from lit_retrieval.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    build_embedded(root, seed=3, name="tiny", n_queries=3, n_distractors=4, progress=False)
-    return root
 
 
 def _overrides(root: Path, tiny: Path, *extra: str) -> list[str]:
@@ -99,6 +91,12 @@ def test_missing_resnet_weights_stop_with_the_fix(tmp_path, tiny, monkeypatch):
     cfg = _cfg(tmp_path / "run", _overrides(tmp_path, tiny, "backbone=resnet101"))
     with pytest.raises(WeightsNotFoundError, match="resnet101"):
         train(cfg)
+
+
+def test_missing_resume_checkpoint_stops_before_training(tmp_path, tiny):
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        train(_cfg(tmp_path / "run", _overrides(tmp_path, tiny, f"ckpt_path={tmp_path}/nope.ckpt")))
+    assert not (tmp_path / "run").exists()
 
 
 def test_monitor_without_retrieval_evaluation_fails_before_training(tmp_path, tiny):

@@ -22,7 +22,7 @@ from .data import RetrievalDataset, load_dataset, whitening_pairs
 from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
 from .regions import rmac_grid
 from .retrieval import DescriptorCache, ImageItem, build_method, expand_queries, extract, search
-from .retrieval.regional import collect_regional_vectors
+from .retrieval.regional import collect_regional_vectors, learn_regional_whitening
 from .viz import pr_curve, save_pr_curves, save_topk_grid
 from .whitening import Whitening
 
@@ -119,13 +119,10 @@ def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int) -> tuple
     X = collect_regional_vectors(data.db_paths, vectors, backbone.normalize, cfg.image_size, cfg.device,
                                  desc=f"{data.name}/region-whitening")
     dims = cfg.method.region_whitening.get("dims")
-    log.info("learning the regional PCA-whitening on %s (%d region vectors)", data.name, len(X))
-    if len(X) < 2 * X.shape[1] and dims is None:
-        log.warning("regional whitening: %d vectors for %d dimensions is too few to whiten every dimension "
-                    "reliably; learn it on a larger method.region_whitening.dataset or reduce with "
-                    "method.region_whitening.dims", len(X), X.shape[1])
     key = {"region_whitening": {"dataset": data.name, "root": str(data.root), "n": data.n_db, "dims": dims}}
-    return Whitening.learn(X, "pca", dims=dims), key
+    white = learn_regional_whitening(X, dims, data.name, "learn it on a larger method.region_whitening.dataset or "
+                                     "reduce with method.region_whitening.dims")
+    return white, key
 
 
 def protocol_gnd(dataset: RetrievalDataset) -> dict[str, list[dict]]:

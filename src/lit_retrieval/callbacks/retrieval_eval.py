@@ -14,7 +14,6 @@ on all ranks before the search, so each rank computes the same metrics.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -65,7 +64,8 @@ class RetrievalEvaluation(pl.Callback):
 
     def __init__(self, datasets: Mapping[str, Mapping[str, Any]],
                  baselines: Mapping[str, Mapping[str, Any]] | None = None, image_size: int = 512,
-                 every_n_epochs: int = 1, ks: tuple[int, ...] = (1, 5, 10), cache_dir: str | None = None, output_dir: str | None = None, enabled: bool = True) -> None:
+                 every_n_epochs: int = 1, ks: tuple[int, ...] = (1, 5, 10), cache_dir: str | None = None,
+                 output_dir: str | None = None, enabled: bool = True) -> None:
         super().__init__()
         if int(every_n_epochs) < 1:
             raise ValueError(f"callbacks.retrieval_eval.every_n_epochs={every_n_epochs} must be >= 1")
@@ -182,8 +182,3 @@ class RetrievalEvaluation(pl.Callback):
         log_table(trainer.loggers, "retrieval/table", ["dataset", "method", "metric", "value"], rows)
         if self.output_dir:
             atomic_json({"history": self.history}, Path(self.output_dir) / "retrieval.json")
-
-
-def load_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The retrieval evaluations of a run (``retrieval.json``), oldest first."""
-    return json.loads((Path(run_dir) / "retrieval.json").read_text())["history"]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..backbones import Backbone
+from ..backbones import Backbone, build_backbone
 from ..pooling import l2n, region_max, region_mean
 from ..regions import GRIDS, sample_regions
 from ..whitening import Whitening
@@ -90,14 +90,20 @@ class RegionalAttentionNet(nn.Module):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.white_proj.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def cache_key(self) -> dict[str, Any]:
-        """The descriptor's identity for the descriptor cache: settings + a digest of the learned tensors."""
+    def digest(self, attention: bool = True) -> str:
+        """sha1 of the learned tensors (the whitening, and the attention weights unless ``attention=False``)."""
+        tensors = {"white_mean": self.white_mean, "white_proj": self.white_proj}
+        if attention:
+            tensors.update(self.attention.state_dict())
         h = hashlib.sha1()
-        for name, t in sorted({**self.attention.state_dict(), "white_mean": self.white_mean,
-                               "white_proj": self.white_proj}.items()):
+        for name, t in sorted(tensors.items()):
             h.update(name.encode())
             h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-        return {"method": "regional_attention", **self.config(), "learned": h.hexdigest()}
+        return h.hexdigest()
+
+    def cache_key(self) -> dict[str, Any]:
+        """The descriptor's identity for the descriptor cache: settings + a digest of the learned tensors."""
+        return {"method": "regional_attention", **self.config(), "learned": self.digest()}
 
     # -- maths ----------------------------------------------------------------------------------------
     def pool_regions(self, x: Tensor, S: int, attention: bool = True) -> dict[str, Any]:
@@ -167,10 +173,10 @@ class UniformRegions(nn.Module):
         return self.net(x, uniform=True)
 
     def cache_key(self) -> dict[str, Any]:
-        key = self.net.cache_key()
-        key.pop("learned")
-        h = hashlib.sha1(self.net.white_proj.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
-        return {**key, "method": "rmac_uniform", "whitening": h}
+        """Independent of the attention (and of its settings): regions, aggregation and whitening only."""
+        c = self.net.config()
+        return {"method": "rmac_uniform", "backbone": c["backbone"], "grid": c["grid"], "scales": c["scales"],
+                "aggregate": c["aggregate"], "learned": self.net.digest(attention=False)}
 
 
 def load_regional_attention(ckpt_path: str, backbone: Backbone | None = None,

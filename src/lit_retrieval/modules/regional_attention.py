@@ -1,8 +1,8 @@
 """LightningModule for Kim & Yoon's regional attention: classification training through the frozen head.
 
 Only the attention parameters train (SGD, lr 1e-3, momentum 0.9, weight decay 5e-5; the learning rate drops
-10× when the validation classification error has not improved for ``scheduler.patience`` validations). The regional PCA-whitening ``P`` depends on the frozen
-backbone and the regions only, not on the trained weights, so it is learned once when fitting starts (before
+10× when the validation classification error has not improved for ``scheduler.patience`` validations).
+The regional PCA-whitening ``P`` depends on the frozen backbone and the regions only, not on the trained weights, so it is learned once when fitting starts (before
 the first retrieval evaluation needs it) on ``whitening.dataset``, and stored in every checkpoint with the
 attention weights and the region settings. Checkpoints leave out the frozen backbone's weights (rebuilt from
 ``backbone.name``/``backbone.weights``): a ResNet101 checkpoint is a few MB, not 170 MB.
@@ -21,7 +21,7 @@ from ..backbones import Backbone, build_backbone
 from ..data import load_dataset
 from ..models import RegionalAttentionNet, UniformRegions
 from ..models.regional_attention import CKPT_KEY
-from ..retrieval.regional import collect_regional_vectors
+from ..retrieval.regional import collect_regional_vectors, learn_regional_whitening
 from ..whitening import Whitening
 
 log = logging.getLogger(__name__)
@@ -118,13 +118,8 @@ class RegionalAttentionModule(pl.LightningModule):
         X = collect_regional_vectors(paths, self.net.regional_vectors, self.backbone.normalize,
                                      w.get("image_size"), self.device, desc=f"{data.name}/whitening",
                                      progress=self.global_rank == 0)
-        dims = w.get("dims")
-        if len(X) < 2 * X.shape[1]:
-            log.warning("regional whitening: %d vectors for %d dimensions is too few to whiten every dimension "
-                        "reliably; use a larger whitening.dataset or reduce with whitening.dims", len(X), X.shape[1])
-        log.info("learned the regional PCA-whitening on %s (%d images, %d region vectors)", data.name,
-                 len(paths), len(X))
-        return Whitening.learn(X, "pca", dims=dims)
+        return learn_regional_whitening(X, w.get("dims"), f"{data.name} ({len(paths)} images)",
+                                        "use a larger model.whitening.dataset or reduce with model.whitening.dims")
 
     # -- retrieval (used by the RetrievalEvaluation callback) ------------------------------------------
     def retrieval_methods(self) -> dict[str, nn.Module]:

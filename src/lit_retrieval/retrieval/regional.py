@@ -2,6 +2,7 @@
 Kim & Yoon's ``P``): one forward pass per image at its own size, all region vectors stacked."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -11,6 +12,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data import load_for_retrieval
+from ..whitening import Whitening
+
+log = logging.getLogger(__name__)
 
 
 def collect_regional_vectors(paths: Sequence[str | Path], vectors: Callable[[Tensor], Tensor],
@@ -24,3 +28,13 @@ def collect_regional_vectors(paths: Sequence[str | Path], vectors: Callable[[Ten
             x = normalize(load_for_retrieval(path, image_size)[None].to(device))
             out.append(vectors(x)[0].double().cpu().numpy())
     return np.concatenate(out)
+
+
+def learn_regional_whitening(X: np.ndarray, dims: int | None, source: str, fix: str) -> Whitening:
+    """PCA-whitening of regional vectors ``X`` (from ``source``), warning when they are too few to whiten every
+    dimension reliably (``fix``: the config keys that give more vectors or fewer dimensions)."""
+    if len(X) < 2 * X.shape[1] and dims is None:
+        log.warning("regional whitening: %d vectors for %d dimensions is too few to whiten every dimension "
+                    "reliably; %s", len(X), X.shape[1], fix)
+    log.info("learning the regional PCA-whitening on %s (%d region vectors)", source, len(X))
+    return Whitening.learn(X, "pca", dims=dims)
