@@ -121,3 +121,12 @@ def test_describe_multiscale_gem_power():
     a, b = f(x), f(torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False))
     ref = ((a ** 3 + b ** 3) / 2) ** (1 / 3)
     torch.testing.assert_close(v, ref / ref.norm(), rtol=1e-5, atol=1e-6)
+
+
+def test_descriptor_cache_treats_a_truncated_chunk_as_absent(tmp_path):
+    cache = DescriptorCache(tmp_path, {"k": 1})
+    cache.save(0, np.ones((2, 3), np.float32), np.zeros(2, bool))
+    path = cache.dir / "chunk_000000.npz"
+    assert cache.load(0) is not None
+    path.write_bytes(path.read_bytes()[:40])  # a zip cut short: zipfile.BadZipFile, not OSError
+    assert cache.load(0) is None

@@ -22,6 +22,7 @@ from .data import RetrievalDataset, load_dataset, whitening_pairs
 from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
 from .regions import rmac_grid
 from .retrieval import DescriptorCache, ImageItem, build_method, expand_queries, extract, search
+from .rerank.pipeline import check_config as check_rerank_config
 from .retrieval.regional import collect_regional_vectors, learn_regional_whitening
 from .viz import pr_curve, save_pr_curves, save_topk_grid
 from .whitening import Whitening
@@ -137,6 +138,8 @@ def format_table(results: dict[str, Any]) -> str:
     for proto, m in results["map"].items():
         pk = results["mpk"][proto]
         lines.append(f"{proto:<10}{m:8.2f}" + "".join(f"{pk.get(str(k), float('nan')):8.2f}" for k in (1, 5, 10)))
+    for stage, maps in results.get("stages", {}).items():
+        lines.append(f"mAP after {stage:<8}" + "  ".join(f"{p} {v:.2f}" for p, v in maps.items()))
     return "\n".join(lines)
 
 
@@ -144,6 +147,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run one evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns the results dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_rerank_config(cfg)
     torch.manual_seed(int(cfg.seed))
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
@@ -170,10 +174,22 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     t1 = time.perf_counter()
     k = None if cfg.topk is None else int(cfg.topk)
     scores, ranks = search(q, db, k=k)
-    if cfg.qe.kind != "none":
+    if cfg.qe.kind in ("avg", "alpha"):
         q = expand_queries(q, db, ranks, scores, k=int(cfg.qe.k), alpha=float(cfg.qe.alpha))
         scores, ranks = search(q, db, k=k)
     t_search = time.perf_counter() - t1
+
+    stages, rerank = {}, None
+    if cfg.rerank.kind == "aml":
+        from .rerank.pipeline import run_aml
+
+        rerank = run_aml(cfg, dataset, backbone, method,
+                         lambda m: DescriptorExtractor(cfg, backbone, m)(dataset, "query")[0], extractor.base_key,
+                         q, ranks, white, loader_workers(cfg.num_workers, cfg.device))
+        stages = {"initial": ranks, "aml": rerank["ranks_rerank"]}
+        if rerank["ranks_qe"] is not None:
+            stages["aml_qe"] = rerank["ranks_qe"]
+        ranks = list(stages.values())[-1]
 
     ranks_db_nq = ranks.T  # revisitop layout: db × nq
     metrics = evaluate_ranks(ranks_db_nq, dataset.gnd, dataset.protocol)
@@ -197,6 +213,11 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                            "count": len(db_skipped) + len(q_skipped)},
         "time_s": {"extract": round(t_extract, 3), "search_qe": round(t_search, 4)},
     }
+    if rerank is not None:
+        results["rerank"] = rerank["info"]
+        results["stages"] = {name: {p: round(float(m["map"]), 4) for p, m in
+                                    evaluate_ranks(r.T, dataset.gnd, dataset.protocol).items()}
+                             for name, r in stages.items()}
     if results["skipped_images"]["count"]:
         log.warning("%d unreadable images were skipped (listed in results.json under skipped_images)",
                     results["skipped_images"]["count"])
@@ -211,5 +232,10 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         grid_gnd = gnds["medium" if dataset.protocol == "revisited" else "all"]
         save_topk_grid(ranks_db_nq, grid_gnd, dataset.db_paths, dataset.query_paths, dataset.query_bbx,
                        out_dir / "topk.png", shown.tolist(), k=10)
+        if rerank is not None:
+            from .rerank.viz import save_localizations
+
+            save_localizations(rerank, dataset, grid_gnd, shown.tolist(), out_dir / "aml_localization.png",
+                               image_size=cfg.image_size)
     print(format_table(results), flush=True)
     return results

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ class DescriptorCache:
         try:
             with np.load(path) as z:
                 return z["desc"], z["skipped"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None  # a damaged chunk is recomputed, never trusted
 
     def save(self, index: int, desc: np.ndarray, skipped: np.ndarray) -> None:

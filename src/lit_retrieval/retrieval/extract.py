@@ -51,6 +51,15 @@ def _collate(batch):
     return batch[0]
 
 
+def image_loader(items: Sequence[ImageItem], indices: Sequence[int], image_size: int | None, num_workers: int = 0,
+                 skip_bad: bool = False, exif_transpose: bool = False) -> DataLoader:
+    """``(index, image)`` pairs for ``items[indices]``, one at a time, preprocessed as the retrieval protocol says
+    (database images shrunk to ``image_size``, queries cropped to their box); ``image`` is ``None`` for an
+    unreadable file when ``skip_bad``."""
+    return DataLoader(_ImageList(items, indices, image_size, exif_transpose, skip_bad), batch_size=1,
+                      num_workers=num_workers, collate_fn=_collate, prefetch_factor=4 if num_workers > 0 else None)
+
+
 def describe_multiscale(describe: Describe, image: torch.Tensor, scales: Sequence[float] = (1.0,),
                         power: float = 1.0) -> torch.Tensor:
     """``1×3×H×W`` normalised image -> ``1×D`` descriptor, averaged over scales as cirtorch's ``extract_ms``."""
@@ -88,9 +97,7 @@ def extract(items: Sequence[ImageItem], describe: Describe, normalize: Callable[
     if indices:
         if done:
             log.info("%s: %d of %d images cached, extracting the rest", desc, n - len(indices), n)
-        loader = DataLoader(_ImageList(items, indices, image_size, exif_transpose, skip_bad), batch_size=1,
-                            num_workers=num_workers, collate_fn=_collate,
-                            prefetch_factor=4 if num_workers > 0 else None)
+        loader = image_loader(items, indices, image_size, num_workers, skip_bad, exif_transpose)
         pending: dict[int, tuple[np.ndarray | None, bool]] = {}
         chunk_of = {i: c for c in todo for i in ranges[c]}
         dim = None

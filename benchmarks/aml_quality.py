@@ -1,0 +1,89 @@
+"""R-MAC → +AML → +AML+QE (Tolias et al., Table 2 / Fig. 4 on our data): mAP E / M / H of the initial ranking,
+after AML re-ranking and after AML query expansion, for MAC and R-MAC filtering; mAP vs the number N of
+re-ranked images (the shape of Fig. 4, also written as a PNG); and the cost of the Sec. 7 quantization
+(mAP and bytes per image, quantized vs raw float32 maps). Each row is one ``eval.py`` run, e.g.
+
+    python eval.py method=rmac rerank=aml qe=aml dataset=cocopaste backbone=efficientnet_lite0 image_size=512
+
+    python benchmarks/aml_quality.py --datasets cocopaste embedded
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("LIT_RETRIEVAL_ROOT", str(ROOT))
+
+
+def fmt(m: dict) -> str:
+    return f"{m['easy']:.1f} / {m['medium']:.1f} / {m['hard']:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["cocopaste", "embedded"])
+    ap.add_argument("--image-size", type=int, default=512)
+    ap.add_argument("--n-sweep", nargs="+", type=int, default=[5, 10, 25, 50, 100, 200, 1000])
+    ap.add_argument("--out", default=str(ROOT / "logs" / "aml"))
+    args = ap.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from hydra import compose, initialize_config_dir
+
+    from lit_retrieval.evaluate import run_eval
+
+    def run(ds: str, tag: str, *over: str) -> dict:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("eval", overrides=[f"dataset={ds}", "backbone=efficientnet_lite0",
+                                             f"image_size={args.image_size}", *over])
+        return run_eval(cfg, Path(args.out) / ds / tag)
+
+    for ds in args.datasets:
+        print(f"\n{ds}: mAP E / M / H (%), efficientnet_lite0, image_size {args.image_size}, N = 1000, t = 3, s = 1.1")
+        print("| filtering | initial | + AML | + AML + QE | stored bytes / image (float32) | s / query |")
+        print("|---|---|---|---|---|---|")
+        results = {}
+        for method in ("mac", "rmac"):
+            for quant in (True, False):
+                r = run(ds, f"{method}-q{int(quant)}", f"method={method}", "rerank=aml", "qe=aml",
+                        f"rerank.store.quantize={str(quant).lower()}", f"plots.enabled={str(quant).lower()}")
+                results[(method, quant)] = r
+                st, info = r["stages"], r["rerank"]
+                b = info["bytes_per_image"]
+                print(f"| {method.upper().replace('RMAC', 'R-MAC')}{'' if quant else ' (raw maps)'} | "
+                      f"{fmt(st['initial'])} | {fmt(st['aml'])} | {fmt(st['aml_qe'])} | "
+                      f"{b['stored'] / 1024:.0f} kB ({b['raw_float32'] / 1024:.0f} kB) | "
+                      f"{info['time_s']['per_query']:.3f} |", flush=True)
+        curves = {"AML": [], "AML + QE": []}
+        ns = [n for n in args.n_sweep if n <= results[("rmac", True)]["n_db"]] + [results[("rmac", True)]["n_db"]]
+        ns = sorted(set(ns))
+        print(f"\n{ds}: R-MAC mAP Medium (%) vs N re-ranked (0 = no re-ranking)")
+        print("| N | " + " | ".join(str(n) for n in [0, *ns]) + " |\n|---|" + "---|" * (len(ns) + 1))
+        for n in ns:
+            st = run(ds, f"rmac-n{n}", "method=rmac", "rerank=aml", "qe=aml", f"rerank.n={n}",
+                     "plots.enabled=false")["stages"]
+            curves["AML"].append(st["aml"]["medium"])
+            curves["AML + QE"].append(st["aml_qe"]["medium"])
+        base = results[("rmac", True)]["stages"]["initial"]["medium"]
+        for name, c in curves.items():
+            print(f"| {name} | {base:.1f} | " + " | ".join(f"{v:.1f}" for v in c) + " |")
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        for name, c in curves.items():
+            ax.plot([0, *ns], [base, *c], marker="o", label=name)
+        ax.set(xscale="symlog", xlabel="N re-ranked", ylabel="mAP Medium (%)", title=f"R-MAC + AML on {ds}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        png = Path(args.out) / ds / "map_vs_n.png"
+        fig.savefig(png)
+        plt.close(fig)
+        print(f"(plot: {png})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""AML re-ranking of a short-list, window descriptors, window QE, and ``eval.py rerank=aml qe=aml``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from lit_retrieval import pooling
+from lit_retrieval.evaluate import run_eval
+from lit_retrieval.rerank import (Reranked, WindowDescriptor, power_integral, rerank_shortlist, window_descriptors,
+                                  window_query_expansion)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("eval", overrides=[f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs",
+                                          "num_workers=0", *overrides])
+
+
+def _levels(B=4, C=32, H=12, W=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 9, (B, C, H, W), generator=g).float() * (torch.rand(B, C, H, W, generator=g) > 0.6)
+
+
+@pytest.mark.parametrize("variant", ["mac", "cirtorch"])
+def test_window_descriptors_match_exact_pooling_of_the_crop(variant):
+    x = _levels()
+    boxes = torch.tensor([[0, 0, 12, 16], [2, 3, 9, 14], [4, 1, 12, 7], [0, 8, 5, 16]])
+    spec = WindowDescriptor("mac") if variant == "mac" else WindowDescriptor("rmac", 3, "cirtorch")
+    got = window_descriptors(power_integral(x), boxes, spec)
+    for b, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        crop = x[b:b + 1, :, y0:y1, x0:x1]
+        want = pooling.mac(crop) if variant == "mac" else pooling.rmac(crop, L=3, variant="cirtorch")
+        cos = torch.nn.functional.cosine_similarity(got[b:b + 1], pooling.l2n(want)).item()
+        assert cos > 0.99, (b, cos)  # the generalized mean (α = 10) against the exact max of the crop
+    assert torch.allclose(got.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_tolias_window_descriptor_applies_the_region_whitening():
+    x = _levels(B=2)
+    boxes = torch.tensor([[0, 0, 12, 16], [3, 3, 11, 13]])
+    flip = lambda v: v.flip(-1)  # noqa: E731  (any map on region vectors: it must be applied per region)
+    a = window_descriptors(power_integral(x), boxes, WindowDescriptor("rmac", 2, "tolias", flip))
+    b = window_descriptors(power_integral(x), boxes, WindowDescriptor("rmac", 2, "tolias", lambda v: v))
+    torch.testing.assert_close(a, b.flip(-1))
+    with pytest.raises(ValueError, match="regional whitening"):
+        window_descriptors(power_integral(x), boxes, WindowDescriptor("rmac", 2, "tolias", None))
+    with pytest.raises(ValueError, match="mac or rmac"):
+        window_descriptors(power_integral(x), boxes, WindowDescriptor("gem"))
+
+
+def _scene(has_object: bool, seed: int, C=48, H=14, W=18):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(C, H, W, generator=g) * 2) * (torch.rand(C, H, W, generator=g) > 0.8)
+    if has_object:
+        x[:8, 4:9, 5:12] = 8.0 * (torch.rand(8, 5, 7, generator=g) > 0.5)
+    return x.floor().numpy()
+
+
+def test_rerank_shortlist_brings_the_object_images_first_and_sinks_missing_maps():
+    has = [False, False, True, None, False, True, False]
+    maps = [None if h is None else _scene(h, i) for i, h in enumerate(has)]
+    maps[6] = maps[6][:, :10, :]  # another map size: its own batch
+    q = torch.zeros(48)
+    q[:8] = 8.0
+    q_desc = pooling.l2n(q).numpy()
+    loaded = []
+    timer = {}
+    r = rerank_shortlist([None if m is None else m.shape for m in maps], lambda i: loaded.append(i) or maps[i], q,
+                         q_desc, 5 / 7, WindowDescriptor("mac"), timer=timer)
+    assert sorted(loaded) == [0, 1, 2, 4, 5, 6] and set(timer) == {"load", "integral", "localize", "describe"}
+    assert sorted(r.order.tolist()) == list(range(7))
+    assert set(r.order[:2].tolist()) == {2, 5}
+    assert r.order[-1] == 3 and r.scores[3] == -1 and r.boxes[3, 0] == -1
+    assert r.feature_hw[6].tolist() == [10, 18] and r.feature_hw[0].tolist() == [14, 18]
+    for i in (2, 5):  # the localized window sits on the object (rows 4..9, columns 5..12)
+        y0, x0, y1, x1 = r.boxes[i]
+        assert 4 <= (y0 + y1) / 2 <= 9 and 5 <= (x0 + x1) / 2 <= 12 and (y1 - y0) * (x1 - x0) < 0.5 * 14 * 18
+    np.testing.assert_allclose(r.scores[[0, 1, 2, 4, 5, 6]], r.descriptors[[0, 1, 2, 4, 5, 6]] @ q_desc, rtol=1e-5)
+
+
+def test_window_query_expansion_is_the_mean_of_query_and_top_windows():
+    rng = np.random.default_rng(0)
+    desc = rng.normal(size=(6, 5)).astype(np.float32)
+    q = rng.normal(size=5).astype(np.float32)
+    boxes = np.zeros((6, 4), np.int64)
+    boxes[4] = -1  # no map
+    r = Reranked(order=np.array([4, 2, 0, 1, 3, 5]), scores=np.zeros(6), boxes=boxes, feature_hw=np.zeros((6, 2)),
+                 aml_scores=np.zeros(6), descriptors=desc)
+    order, scores = window_query_expansion(q, r, k=2)
+    mean = (desc[2] + q) / 2  # the top 2 are 4 (no map: left out) and 2
+    np.testing.assert_allclose(scores[[0, 1, 2, 3, 5]], desc[[0, 1, 2, 3, 5]] @ mean, rtol=1e-5)
+    assert order[-1] == 4 and scores[4] == -np.inf
+
+
+def test_eval_rmac_aml_qe_end_to_end(tiny, tmp_path):
+    base = ["method=rmac", "dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny", "image_size=224"]
+    plain = run_eval(_cfg(tmp_path, *base, "plots.enabled=false"), tmp_path / "plain")
+    res = run_eval(_cfg(tmp_path, *base, "rerank=aml", "qe=aml", f"results_file={tmp_path}/out.json"),
+                   tmp_path / "aml")
+    assert json.loads((tmp_path / "out.json").read_text()) == res
+    assert list(res["stages"]) == ["initial", "aml", "aml_qe"]
+    assert res["stages"]["initial"] == plain["map"]  # filtering is untouched
+    assert res["map"] == res["stages"]["aml_qe"]
+    info = res["rerank"]
+    assert info["n"] == plain["n_db"] and info["window_descriptor"] == "rmac/cirtorch/L3"
+    assert 0 < info["bytes_per_image"]["stored"] < info["bytes_per_image"]["raw_float32"] / 4
+    assert (tmp_path / "aml" / "aml_localization.png").stat().st_size > 10_000
+    store_files = sorted((tmp_path / ".cache" / "activations").rglob("chunk_*.npz"))
+    assert store_files
+    mtimes = [f.stat().st_mtime_ns for f in store_files]
+    again = run_eval(_cfg(tmp_path, *base, "rerank=aml", "rerank.n=3", "plots.enabled=false"), tmp_path / "n3")
+    assert [f.stat().st_mtime_ns for f in store_files] == mtimes  # the stored maps are reused
+    assert again["rerank"]["n"] == 3 and "aml_qe" not in again["stages"]
+    raw = run_eval(_cfg(tmp_path, *base, "method=mac", "rerank=aml", "rerank.store.quantize=false",
+                        "plots.enabled=false"), tmp_path / "raw")
+    assert raw["rerank"]["bytes_per_image"]["stored"] == raw["rerank"]["bytes_per_image"]["raw_float32"]
+    assert raw["rerank"]["window_descriptor"] == "mac"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["qe=aml"], "add rerank=aml"),
+    (["method=gem", "rerank=aml"], "method=mac or method=rmac"),
+    (["method=rmac", "rerank=aml", "topk=5"], "raise topk"),
+])
+def test_eval_rerank_bad_configs_fail_before_work(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        run_eval(_cfg(tmp_path, "dataset=revisited", f"dataset.root={tmp_path}/nowhere", "dataset.name=x",
+                      *overrides), tmp_path / "run")
