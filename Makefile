@@ -29,6 +29,7 @@ bench: venv
 	-$(PY) benchmarks/extraction_overhead.py
 	-$(PY) benchmarks/search_scale.py
 	-$(PY) benchmarks/regional_attention_speed.py
+	-$(PY) benchmarks/aml_speed.py --queries 2
 
 clean-cache:
 	rm -rf .cache/descriptors

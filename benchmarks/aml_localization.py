@@ -45,7 +45,7 @@ def main() -> None:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("eval", overrides=[f"dataset={ds_name}", "backbone=efficientnet_lite0"])
         ds = load_dataset(cfg.dataset)
-        with open(Path(ds.root) / ds.name / f"gnd_{ds.name}.pkl", "rb") as f:
+        with open(Path(ds.root) / f"gnd_{ds.name}.pkl", "rb") as f:
             pasted = pickle.load(f)["boxes"]
         bb = build_backbone("efficientnet_lite0", weights=str(cfg.backbone.weights)).eval()
 

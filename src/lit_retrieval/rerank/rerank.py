@@ -44,29 +44,38 @@ def _window_regions(h: int, w: int, L: int, whole: bool) -> np.ndarray:
     return np.concatenate([[[0, 0, h, w]], r]) if whole else r
 
 
-def window_descriptors(sat: Tensor, boxes: Tensor, spec: WindowDescriptor, alpha: float = DEFAULT_ALPHA) -> Tensor:
+def window_descriptors(sat: Tensor, boxes: Tensor, spec: WindowDescriptor, alpha: float = DEFAULT_ALPHA,
+                       max_elements: int = 1 << 19) -> Tensor:
     """Descriptors (``B×C``, before whitening, L2-normalised) of one window per map, by integral max-pooling."""
     if spec.kind == "mac":
         return l2n(generalized_max(window_sums(sat, boxes.unsqueeze(1)), alpha)[:, 0])
     if spec.kind != "rmac" or spec.variant not in ("cirtorch", "tolias"):
         raise ValueError(f"window descriptor {spec.kind}/{spec.variant}: AML re-scores windows with mac or rmac "
                          "(variant cirtorch or tolias)")
-    sizes = (boxes[:, 2:] - boxes[:, :2]).tolist()
-    grids = {tuple(s): _window_regions(*s, spec.L, whole=spec.variant == "cirtorch") for s in map(tuple, sizes)}
-    R = max(len(g) for g in grids.values())
+    sizes, inverse = np.unique((boxes[:, 2:] - boxes[:, :2]).cpu().numpy(), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    grids = [_window_regions(int(h), int(w), spec.L, whole=spec.variant == "cirtorch") for h, w in sizes]
+    R = max(len(g) for g in grids)
     regions = np.zeros((len(boxes), R, 4), np.int64)
     valid = np.zeros((len(boxes), R), bool)
-    for i, s in enumerate(sizes):  # one small table look-up per image; the pooling below is batched
-        g = grids[tuple(s)]
-        regions[i, :len(g)] = g
-        valid[i, :len(g)] = True
+    for u, g in enumerate(grids):  # one assignment per distinct window size, not per image
+        rows = np.flatnonzero(inverse == u)
+        regions[rows, :len(g)] = g
+        valid[rows, :len(g)] = True
+    if spec.variant == "tolias" and spec.region_whitening is None:
+        raise ValueError("rmac variant 'tolias' re-scoring needs the regional whitening of the filtering")
     offset = torch.cat([boxes[:, :2], boxes[:, :2]], 1).unsqueeze(1)
-    v = l2n(generalized_max(window_sums(sat, torch.from_numpy(regions).to(boxes.device) + offset), alpha))
-    if spec.variant == "tolias":
-        if spec.region_whitening is None:
-            raise ValueError("rmac variant 'tolias' re-scoring needs the regional whitening of the filtering")
-        v = l2n(spec.region_whitening(v))
-    return l2n((v * torch.from_numpy(valid).to(v.device).unsqueeze(2)).sum(1))
+    regions_t = torch.from_numpy(regions).to(boxes.device) + offset
+    valid_t = torch.from_numpy(valid).to(boxes.device).unsqueeze(2)
+    step = max(1, max_elements // (R * sat.shape[-1]))  # small temporaries (see aml.window_scores)
+    out = []
+    for b0 in range(0, len(boxes), step):
+        images = torch.arange(b0, min(b0 + step, len(boxes)), device=boxes.device)
+        v = l2n(generalized_max(window_sums(sat, regions_t[images], images), alpha))
+        if spec.variant == "tolias":
+            v = l2n(spec.region_whitening(v))
+        out.append(l2n((v * valid_t[images]).sum(1)))
+    return torch.cat(out)
 
 
 @dataclass
