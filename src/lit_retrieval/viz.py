@@ -57,6 +57,20 @@ def _thumb(path: Path, bbx=None, size: int = 160) -> np.ndarray:
     return np.asarray(img)
 
 
+def frame_result(ax, index: int, ok: set, junk: set) -> None:
+    """Frame a result image green (positive), yellow (junk) or red (negative)."""
+    color = "limegreen" if index in ok else ("gold" if index in junk else "red")
+    for s in ax.spines.values():
+        s.set_edgecolor(color)
+        s.set_linewidth(4)
+
+
+def clear_ticks(axes) -> None:
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 def save_topk_grid(ranks: np.ndarray, gnd: Sequence[dict], db_paths: Sequence[Path], query_paths: Sequence[Path],
                    query_bbx: Sequence, path: Path, queries: Sequence[int], k: int = 10) -> None:
     """Query (cropped to its box) then its top-``k`` results; green = positive, red = negative, yellow = junk."""
@@ -71,15 +85,10 @@ def save_topk_grid(ranks: np.ndarray, gnd: Sequence[dict], db_paths: Sequence[Pa
             ax = axes[r, c + 1]
             if c < ranks.shape[0]:
                 i = int(ranks[c, q])
-                color = "limegreen" if i in ok else ("gold" if i in junk else "red")
                 ax.imshow(_thumb(db_paths[i]))
                 ax.set_title(f"#{c + 1} ({i})", fontsize=7, color="black")
-                for s in ax.spines.values():
-                    s.set_edgecolor(color)
-                    s.set_linewidth(4)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+                frame_result(ax, i, ok, junk)
+        clear_ticks(axes[r])
     fig.suptitle("top results (green: positive, red: negative, yellow: junk)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

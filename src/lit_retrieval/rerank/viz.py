@@ -16,6 +16,7 @@ from PIL import Image  # noqa: E402
 
 from ..data import RetrievalDataset  # noqa: E402
 from ..data.images import load_image  # noqa: E402
+from ..viz import clear_ticks, frame_result  # noqa: E402
 
 
 def _show(ax, path: Path, size: int) -> tuple[float, float]:
@@ -56,13 +57,8 @@ def save_localizations(rerank: dict[str, Any], dataset: RetrievalDataset, gnd: S
                 ax.add_patch(Rectangle((x0 / fw * w_img, y0 / fh * h_img), (x1 - x0) / fw * w_img,
                                        (y1 - y0) / fh * h_img, fill=False, edgecolor="magenta", linewidth=2))
             ax.set_title(f"#{pos + 1} → #{c + 1}  ({rr.scores[pos]:.2f})", fontsize=7)
-            color = "limegreen" if db in ok else ("gold" if db in junk else "red")
-            for s in ax.spines.values():
-                s.set_edgecolor(color)
-                s.set_linewidth(4)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            frame_result(ax, db, ok, junk)
+        clear_ticks(axes[r])
     fig.suptitle("AML re-ranking: query box (blue), localized window (magenta); initial → final rank", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
