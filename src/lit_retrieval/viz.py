@@ -71,6 +71,14 @@ def clear_ticks(axes) -> None:
         ax.set_yticks([])
 
 
+def finish_figure(fig, path: Path, title: str) -> None:
+    """Title, lay out, write and close a figure."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def save_topk_grid(ranks: np.ndarray, gnd: Sequence[dict], db_paths: Sequence[Path], query_paths: Sequence[Path],
                    query_bbx: Sequence, path: Path, queries: Sequence[int], k: int = 10) -> None:
     """Query (cropped to its box) then its top-``k`` results; green = positive, red = negative, yellow = junk."""
@@ -89,7 +97,4 @@ def save_topk_grid(ranks: np.ndarray, gnd: Sequence[dict], db_paths: Sequence[Pa
                 ax.set_title(f"#{c + 1} ({i})", fontsize=7, color="black")
                 frame_result(ax, i, ok, junk)
         clear_ticks(axes[r])
-    fig.suptitle("top results (green: positive, red: negative, yellow: junk)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    finish_figure(fig, path, "top results (green: positive, red: negative, yellow: junk)")

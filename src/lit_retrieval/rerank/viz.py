@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 
 from ..data import RetrievalDataset  # noqa: E402
 from ..data.images import load_image  # noqa: E402
-from ..viz import clear_ticks, frame_result  # noqa: E402
+from ..viz import clear_ticks, finish_figure, frame_result  # noqa: E402
 
 
 def _show(ax, path: Path, size: int) -> tuple[float, float]:
@@ -59,7 +59,4 @@ def save_localizations(rerank: dict[str, Any], dataset: RetrievalDataset, gnd: S
             ax.set_title(f"#{pos + 1} → #{c + 1}  ({rr.scores[pos]:.2f})", fontsize=7)
             frame_result(ax, db, ok, junk)
         clear_ticks(axes[r])
-    fig.suptitle("AML re-ranking: query box (blue), localized window (magenta); initial → final rank", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    finish_figure(fig, path, "AML re-ranking: query box (blue), localized window (magenta); initial → final rank")
