@@ -122,6 +122,13 @@ def test_eval_rmac_aml_qe_end_to_end(tiny, tmp_path):
                         "plots.enabled=false"), tmp_path / "raw")
     assert raw["rerank"]["bytes_per_image"]["stored"] == raw["rerank"]["bytes_per_image"]["raw_float32"]
     assert raw["rerank"]["window_descriptor"] == "mac"
+    tolias = run_eval(_cfg(tmp_path, *base, "method.variant=tolias", "rerank=aml", "rerank.n=4",
+                           "~method.region_whitening.dataset",
+                           f"+method.region_whitening.dataset={{kind:revisited,root:{tiny},name:tiny}}",
+                           "method.region_whitening.dims=64", "plots.enabled=false"), tmp_path / "tolias")
+    assert tolias["rerank"]["window_descriptor"] == "rmac/tolias/L3" and tolias["rerank"]["n"] == 4
+    assert tolias["stages"]["initial"] != plain["map"]  # the tolias filtering (regional whitening) is in use
+    assert tolias["stages"]["aml"] != tolias["stages"]["initial"]
 
 
 @pytest.mark.parametrize("overrides,match", [
