@@ -6,6 +6,16 @@ from pathlib import Path
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def eval_cfg(tmp_path, *overrides):
+    """The composed ``eval.py`` config with outputs under ``tmp_path``, no loader processes, and ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("eval", overrides=[f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs",
+                                          "num_workers=0", *overrides])
 
 
 def shared_path(*parts: str) -> Path:

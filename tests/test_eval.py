@@ -11,21 +11,15 @@ import numpy as np
 import pytest
 import timm
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from conftest import eval_cfg
 from lit_retrieval.data import load_revisited
 from lit_retrieval.data.synthetic import build_embedded
 from lit_retrieval.evaluate import run_eval
 from lit_retrieval.metrics import compute_map, revisited_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cfg(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("eval", overrides=[f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs",
-                                          "num_workers=0", *overrides])
 
 
 def _independent_gem(paths, bbxs, image_size, p=3.0):
@@ -57,7 +51,7 @@ def _independent_gem(paths, bbxs, image_size, p=3.0):
 
 
 def test_eval_gem_matches_independent_implementation(tiny, tmp_path):
-    cfg = _cfg(tmp_path, "method=gem", "dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny",
+    cfg = eval_cfg(tmp_path, "method=gem", "dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny",
                "image_size=256", f"results_file={tmp_path}/out.json")
     res = run_eval(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "out.json").read_text()) == res
@@ -77,13 +71,13 @@ def test_eval_gem_matches_independent_implementation(tiny, tmp_path):
 
 def test_eval_whitening_qe_and_cache_reuse(tiny, tmp_path):
     base = ["dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny", "image_size=192", "plots.enabled=false"]
-    r1 = run_eval(_cfg(tmp_path, "method=mac", *base), tmp_path / "a")
+    r1 = run_eval(eval_cfg(tmp_path, "method=mac", *base), tmp_path / "a")
     n_cached = len(list((tmp_path / ".cache" / "descriptors").rglob("chunk_*.npz")))
-    r2 = run_eval(_cfg(tmp_path, "method=mac", "whitening=pca", "qe=avg", *base), tmp_path / "b")
+    r2 = run_eval(eval_cfg(tmp_path, "method=mac", "whitening=pca", "qe=avg", *base), tmp_path / "b")
     assert len(list((tmp_path / ".cache" / "descriptors").rglob("chunk_*.npz"))) == n_cached  # reused
     assert (tmp_path / "b" / "whitening.npz").exists() and r2["whitening"] == "pca" and r2["qe"]["kind"] == "avg"
     assert r1["map"] != r2["map"]
-    r3 = run_eval(_cfg(tmp_path, "method=mac", "image_size=160", *base[:-2], "plots.enabled=false"), tmp_path / "c")
+    r3 = run_eval(eval_cfg(tmp_path, "method=mac", "image_size=160", *base[:-2], "plots.enabled=false"), tmp_path / "c")
     assert len(list((tmp_path / ".cache" / "descriptors").rglob("chunk_*.npz"))) > n_cached  # new key
     assert r3["image_size"] == 160
 
@@ -91,7 +85,7 @@ def test_eval_whitening_qe_and_cache_reuse(tiny, tmp_path):
 def test_eval_bad_dataset_is_a_clear_error(tmp_path):
     from lit_retrieval.data.errors import GroundTruthError
 
-    cfg = _cfg(tmp_path, "dataset=revisited", f"dataset.root={tmp_path}", "dataset.name=nope")
+    cfg = eval_cfg(tmp_path, "dataset=revisited", f"dataset.root={tmp_path}", "dataset.name=nope")
     with pytest.raises(GroundTruthError, match="gnd_nope.pkl"):
         run_eval(cfg, tmp_path / "run")
 
@@ -123,12 +117,13 @@ def test_eval_classic_protocol_and_bad_configs(tiny, tmp_path):
     gnd_file.write_text(_json.dumps({"imlist": names, "qimlist": [names[i] for i in qidx], "qidx": qidx, "gnd": gnd}))
     base = ["dataset=oxford5k", f"dataset.gnd_file={gnd_file}", f"dataset.images_dir={tiny}/tiny/jpg",
             "dataset.name=tinyclassic", "image_size=128", "plots.enabled=false"]
-    res = run_eval(_cfg(tmp_path, "method=mac", *base), tmp_path / "run")
+    res = run_eval(eval_cfg(tmp_path, "method=mac", *base), tmp_path / "run")
     assert res["protocol"] == "classic" and list(res["map"]) == ["all"] and res["map"]["all"] > 0
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        run_eval(_cfg(tmp_path, "method=mac", "method.name=nope", *base), tmp_path / "bad1")
+        run_eval(eval_cfg(tmp_path, "method=mac", "method.name=nope", *base), tmp_path / "bad1")
     with pytest.raises(ValueError, match="cheating"):
-        run_eval(_cfg(tmp_path, "method=mac", "whitening=lw", "whitening.dataset.kind=same", *base), tmp_path / "b2")
+        run_eval(eval_cfg(tmp_path, "method=mac", "whitening=lw", "whitening.dataset.kind=same", *base),
+                 tmp_path / "b2")
 
 
 def test_eval_bad_image_stops_or_is_skipped_and_counted(tiny, tmp_path):
@@ -143,20 +138,20 @@ def test_eval_bad_image_stops_or_is_skipped_and_counted(tiny, tmp_path):
     base = ["method=mac", "dataset=revisited", f"dataset.root={root}", "dataset.name=tiny", "image_size=128",
             "plots.enabled=false", "whitening=pca"]
     with pytest.raises(ImageLoadError, match=bad.name):
-        run_eval(_cfg(tmp_path, *base), tmp_path / "stop")
-    res = run_eval(_cfg(tmp_path, *base, "skip_bad_images=true"), tmp_path / "skip")
+        run_eval(eval_cfg(tmp_path, *base), tmp_path / "stop")
+    res = run_eval(eval_cfg(tmp_path, *base, "skip_bad_images=true"), tmp_path / "skip")
     assert res["skipped_images"]["count"] == 1 and res["skipped_images"]["db"] == [str(bad)]
 
 
 def test_eval_rmac_variants(tiny, tmp_path):
     base = ["method=rmac", "dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny", "image_size=160",
             "plots.enabled=false"]
-    cir = run_eval(_cfg(tmp_path, *base), tmp_path / "cir")
-    ky = run_eval(_cfg(tmp_path, *base, "method.variant=kimyoon"), tmp_path / "ky")
+    cir = run_eval(eval_cfg(tmp_path, *base), tmp_path / "cir")
+    ky = run_eval(eval_cfg(tmp_path, *base, "method.variant=kimyoon"), tmp_path / "ky")
     # Tolias: regional PCA-whitening learned on another dataset (here a second tiny benchmark)
     other = tmp_path / "other"
     build_embedded(other, seed=5, name="other", n_queries=3, n_distractors=2, progress=False)
-    tol = run_eval(_cfg(tmp_path, *base, "method.variant=tolias", "~method.region_whitening.dataset",
+    tol = run_eval(eval_cfg(tmp_path, *base, "method.variant=tolias", "~method.region_whitening.dataset",
                         "+method.region_whitening.dataset={kind: revisited, root: " + str(other) + ", name: other}"),
                    tmp_path / "tol")
     assert len({str(cir["map"]), str(ky["map"]), str(tol["map"])}) == 3

@@ -2,26 +2,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+from conftest import eval_cfg
 from lit_retrieval import pooling
 from lit_retrieval.evaluate import run_eval
 from lit_retrieval.rerank import (Reranked, WindowDescriptor, power_integral, rerank_shortlist, window_descriptors,
                                   window_query_expansion)
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cfg(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("eval", overrides=[f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs",
-                                          "num_workers=0", *overrides])
-
 
 def _levels(B=4, C=32, H=12, W=16, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -101,8 +91,8 @@ def test_window_query_expansion_is_the_mean_of_query_and_top_windows():
 
 def test_eval_rmac_aml_qe_end_to_end(tiny, tmp_path):
     base = ["method=rmac", "dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny", "image_size=224"]
-    plain = run_eval(_cfg(tmp_path, *base, "plots.enabled=false"), tmp_path / "plain")
-    res = run_eval(_cfg(tmp_path, *base, "rerank=aml", "qe=aml", f"results_file={tmp_path}/out.json"),
+    plain = run_eval(eval_cfg(tmp_path, *base, "plots.enabled=false"), tmp_path / "plain")
+    res = run_eval(eval_cfg(tmp_path, *base, "rerank=aml", "qe=aml", f"results_file={tmp_path}/out.json"),
                    tmp_path / "aml")
     assert json.loads((tmp_path / "out.json").read_text()) == res
     assert list(res["stages"]) == ["initial", "aml", "aml_qe"]
@@ -115,14 +105,14 @@ def test_eval_rmac_aml_qe_end_to_end(tiny, tmp_path):
     store_files = sorted((tmp_path / ".cache" / "activations").rglob("chunk_*.npz"))
     assert store_files
     mtimes = [f.stat().st_mtime_ns for f in store_files]
-    again = run_eval(_cfg(tmp_path, *base, "rerank=aml", "rerank.n=3", "plots.enabled=false"), tmp_path / "n3")
+    again = run_eval(eval_cfg(tmp_path, *base, "rerank=aml", "rerank.n=3", "plots.enabled=false"), tmp_path / "n3")
     assert [f.stat().st_mtime_ns for f in store_files] == mtimes  # the stored maps are reused
     assert again["rerank"]["n"] == 3 and "aml_qe" not in again["stages"]
-    raw = run_eval(_cfg(tmp_path, *base, "method=mac", "rerank=aml", "rerank.store.quantize=false",
+    raw = run_eval(eval_cfg(tmp_path, *base, "method=mac", "rerank=aml", "rerank.store.quantize=false",
                         "plots.enabled=false"), tmp_path / "raw")
     assert raw["rerank"]["bytes_per_image"]["stored"] == raw["rerank"]["bytes_per_image"]["raw_float32"]
     assert raw["rerank"]["window_descriptor"] == "mac"
-    tolias = run_eval(_cfg(tmp_path, *base, "method.variant=tolias", "rerank=aml", "rerank.n=4",
+    tolias = run_eval(eval_cfg(tmp_path, *base, "method.variant=tolias", "rerank=aml", "rerank.n=4",
                            "~method.region_whitening.dataset",
                            f"+method.region_whitening.dataset={{kind:revisited,root:{tiny},name:tiny}}",
                            "method.region_whitening.dims=64", "plots.enabled=false"), tmp_path / "tolias")
@@ -138,5 +128,5 @@ def test_eval_rmac_aml_qe_end_to_end(tiny, tmp_path):
 ])
 def test_eval_rerank_bad_configs_fail_before_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
-        run_eval(_cfg(tmp_path, "dataset=revisited", f"dataset.root={tmp_path}/nowhere", "dataset.name=x",
+        run_eval(eval_cfg(tmp_path, "dataset=revisited", f"dataset.root={tmp_path}/nowhere", "dataset.name=x",
                       *overrides), tmp_path / "run")

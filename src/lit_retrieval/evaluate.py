@@ -23,6 +23,7 @@ from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
 from .regions import rmac_grid
 from .retrieval import DescriptorCache, ImageItem, build_method, expand_queries, extract, search
 from .rerank.pipeline import check_config as check_rerank_config
+from .salient.pipeline import check_config as check_salient_config, run_salient
 from .retrieval.regional import collect_regional_vectors, learn_regional_whitening
 from .viz import pr_curve, save_pr_curves, save_topk_grid
 from .whitening import Whitening
@@ -139,20 +140,13 @@ def format_table(results: dict[str, Any]) -> str:
         pk = results["mpk"][proto]
         lines.append(f"{proto:<10}{m:8.2f}" + "".join(f"{pk.get(str(k), float('nan')):8.2f}" for k in (1, 5, 10)))
     for stage, maps in results.get("stages", {}).items():
-        lines.append(f"mAP after {stage:<8}" + "  ".join(f"{p} {v:.2f}" for p, v in maps.items()))
+        lines.append(f"mAP after {stage:<12}" + "  ".join(f"{p} {v:.2f}" for p, v in maps.items()))
     return "\n".join(lines)
 
 
-def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run one evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns the results dict."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_rerank_config(cfg)
-    torch.manual_seed(int(cfg.seed))
-    t0 = time.perf_counter()
-    dataset = load_dataset(cfg.dataset)
-    backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
-    backbone.to(cfg.device)
+def _run_global(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, out_dir: Path,
+                t0: float) -> dict[str, Any]:
+    """Global-descriptor methods: extract -> (whitening) -> search -> (QE) -> (AML re-ranking)."""
     params = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k not in ("name", "region_whitening")}
     if cfg.method.name == "rmac" and cfg.method.get("variant") == "tolias":
         params["region_whitening"], params["region_whitening_key"] = learn_region_whitening(
@@ -191,6 +185,39 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             stages["aml_qe"] = rerank["ranks_qe"]
         ranks = list(stages.values())[-1]
 
+    return {"ranks": ranks, "stages": stages, "rerank": rerank, "db_skipped": db_skipped, "q_skipped": q_skipped,
+            "t_extract": t_extract, "t_search": t_search}
+
+
+def _run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float) -> dict[str, Any]:
+    """``method=salient_regions`` (Jeong et al.): region proposals, region descriptors, region matching, (QE)."""
+    out = run_salient(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device))
+    d = out["described"]
+    return {"ranks": out["ranks"], "stages": out["stages"] if len(out["stages"]) > 1 else {},
+            "db_skipped": [i for i, p in enumerate(d.db_props) if p is None],
+            "q_skipped": [i for i, p in enumerate(d.q_props) if p is None],
+            "t_extract": time.perf_counter() - t0, "salient": out,
+            "t_search": out["info"]["time_s"]["search_per_query"] * dataset.n_queries}
+
+
+def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run one evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns the results dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_rerank_config(cfg)
+    check_salient_config(cfg)
+    torch.manual_seed(int(cfg.seed))
+    t0 = time.perf_counter()
+    dataset = load_dataset(cfg.dataset)
+    backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
+    backbone.to(cfg.device)
+    if cfg.method.name == "salient_regions":
+        run = _run_salient(cfg, dataset, backbone, t0)
+    else:
+        run = _run_global(cfg, dataset, backbone, out_dir, t0)
+    ranks, stages, rerank, salient = run["ranks"], run["stages"], run.get("rerank"), run.get("salient")
+    db_skipped, q_skipped, t_extract, t_search = run["db_skipped"], run["q_skipped"], run["t_extract"], run["t_search"]
+
     ranks_db_nq = ranks.T  # revisitop layout: db × nq
     metrics = evaluate_ranks(ranks_db_nq, dataset.gnd, dataset.protocol)
     results = {
@@ -215,6 +242,9 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     }
     if rerank is not None:
         results["rerank"] = rerank["info"]
+    if salient is not None:
+        results["salient_regions"] = salient["info"]
+    if stages:
         results["stages"] = {name: {p: round(float(m["map"]), 4) for p, m in
                                     evaluate_ranks(r.T, dataset.gnd, dataset.protocol).items()}
                              for name, r in stages.items()}
@@ -237,5 +267,10 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
             save_localizations(rerank, dataset, grid_gnd, shown.tolist(), out_dir / "aml_localization.png",
                                image_size=cfg.image_size)
+        if salient is not None:
+            from .salient.viz import save_region_matches
+
+            save_region_matches(salient, dataset, grid_gnd, shown.tolist(), out_dir / "salient_regions.png",
+                                image_size=cfg.image_size)
     print(format_table(results), flush=True)
     return results

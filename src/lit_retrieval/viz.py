@@ -57,6 +57,15 @@ def _thumb(path: Path, bbx=None, size: int = 160) -> np.ndarray:
     return np.asarray(img)
 
 
+def show_thumbnail(ax, path: Path, size: int) -> tuple[float, float]:
+    """Draw an image shrunk to ``size`` on its long side; returns the ``(x, y)`` scale from original pixels."""
+    img = load_image(path)
+    w0, h0 = img.size
+    img.thumbnail((size, size), Image.LANCZOS)
+    ax.imshow(np.asarray(img))
+    return img.size[0] / w0, img.size[1] / h0
+
+
 def frame_result(ax, index: int, ok: set, junk: set) -> None:
     """Frame a result image green (positive), yellow (junk) or red (negative)."""
     color = "limegreen" if index in ok else ("gold" if index in junk else "red")

@@ -48,6 +48,16 @@ def pca_whiten_learn(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return m, (vec / np.sqrt(val)).T
 
 
+def pca_basis(X: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` principal directions of rows ``X`` (N×D; covariance of the centred rows) as columns of a
+    ``D×k`` matrix, by decreasing variance."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] < 2 or not 0 < k <= X.shape[1]:
+        raise ValueError(f"pca_basis: need an N×D matrix with N >= 2 and 0 < k <= D, got shape {X.shape}, k={k}")
+    Xc = X - X.mean(axis=0)
+    return _eig_desc(Xc.T @ Xc)[1][:, :k]
+
+
 def lw_whiten_learn(X: np.ndarray, qidxs: np.ndarray, pidxs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Supervised "Lw" whitening from matching pairs ``(X[qidxs[i]], X[pidxs[i]])``.
 

@@ -12,19 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from ..data import RetrievalDataset  # noqa: E402
-from ..data.images import load_image  # noqa: E402
-from ..viz import clear_ticks, finish_figure, frame_result  # noqa: E402
-
-
-def _show(ax, path: Path, size: int) -> tuple[float, float]:
-    img = load_image(path)
-    w0, h0 = img.size
-    img.thumbnail((size, size), Image.LANCZOS)
-    ax.imshow(np.asarray(img))
-    return img.size[0] / w0, img.size[1] / h0
+from ..viz import clear_ticks, finish_figure, frame_result, show_thumbnail  # noqa: E402
 
 
 def save_localizations(rerank: dict[str, Any], dataset: RetrievalDataset, gnd: Sequence[dict], queries: Sequence[int],
@@ -34,7 +24,7 @@ def save_localizations(rerank: dict[str, Any], dataset: RetrievalDataset, gnd: S
     fig, axes = plt.subplots(rows, k + 1, figsize=(2.1 * (k + 1), 2.2 * rows), dpi=90, squeeze=False)
     for r, qi in enumerate(queries):
         ax = axes[r, 0]
-        sx, sy = _show(ax, dataset.query_paths[qi], thumb)
+        sx, sy = show_thumbnail(ax, dataset.query_paths[qi], thumb)
         b = dataset.query_bbx[qi]
         if b is not None:
             ax.add_patch(Rectangle((b[0] * sx, b[1] * sy), (b[2] - b[0]) * sx, (b[3] - b[1]) * sy, fill=False,
@@ -49,7 +39,7 @@ def save_localizations(rerank: dict[str, Any], dataset: RetrievalDataset, gnd: S
                 continue
             pos = int(rr.order[c])
             db = int(short[pos])
-            _show(ax, dataset.db_paths[db], thumb)
+            show_thumbnail(ax, dataset.db_paths[db], thumb)
             h_img, w_img = ax.images[0].get_array().shape[:2]
             if rr.boxes[pos, 0] >= 0:
                 y0, x0, y1, x1 = rr.boxes[pos]
