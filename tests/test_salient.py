@@ -131,7 +131,8 @@ def test_pad_regions_and_whole_region_selection():
 
 
 @pytest.mark.parametrize("field,value,match", [("order", 3, "order"), ("regions", "some", "regions"),
-                                               ("n_min", 5000, "n_min"), ("clusters", 9, "clusters")])
+                                               ("n_min", 5000, "n_min"), ("clusters", 9, "clusters"),
+                                               ("eig_floor", 0.0, "eig_floor")])
 def test_bad_settings_name_the_key(field, value, match):
     with pytest.raises(ValueError, match=match):
         Settings(**{field: value})

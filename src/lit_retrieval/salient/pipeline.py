@@ -71,6 +71,8 @@ class Settings:
             bad.append(f"method.clusters={self.clusters} (L in 1..6: 2^L regions)")
         if not 0 < self.n_min <= self.n_max:
             bad.append(f"method.n_min={self.n_min}, method.n_max={self.n_max} (0 < n_min <= n_max)")
+        if not (self.eig_floor > 0 and self.beta_eps > 0):
+            bad.append(f"method.eig_floor={self.eig_floor}, method.beta_eps={self.beta_eps} (both > 0)")
         if self.reduced_dim < 1 or self.dim < 1:
             bad.append(f"method.reduced_dim={self.reduced_dim}, method.dim={self.dim} (positive)")
         if bad:
