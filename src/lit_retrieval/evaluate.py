@@ -270,7 +270,6 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         if salient is not None:
             from .salient.viz import save_region_matches
 
-            save_region_matches(salient, dataset, grid_gnd, shown.tolist(), out_dir / "salient_regions.png",
-                                image_size=cfg.image_size)
+            save_region_matches(salient, dataset, grid_gnd, shown.tolist(), out_dir / "salient_regions.png")
     print(format_table(results), flush=True)
     return results

@@ -36,8 +36,7 @@ def draw_regions(ax, masks: np.ndarray, best: int | None = None) -> None:
 
 
 def save_region_matches(salient: dict[str, Any], dataset: RetrievalDataset, gnd: Sequence[dict],
-                        queries: Sequence[int], path: Path, k: int = 6, image_size: int | None = None,
-                        thumb: int = 200) -> None:
+                        queries: Sequence[int], path: Path, k: int = 6, thumb: int = 200) -> None:
     """One row per query of ``queries``: the query, then its top ``k`` with regions and the best match."""
     d, ranks, scores, best = salient["described"], salient["ranks"], salient["scores"], salient["best"]
     variant = salient["info"]["variant"]
