@@ -30,6 +30,7 @@ bench: venv
 	-$(PY) benchmarks/search_scale.py
 	-$(PY) benchmarks/regional_attention_speed.py
 	-$(PY) benchmarks/aml_speed.py --queries 2
+	-$(PY) benchmarks/local_similarity_speed.py
 
 clean-cache:
 	rm -rf .cache/descriptors

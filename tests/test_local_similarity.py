@@ -1,5 +1,6 @@
 """Chen et al.'s local similarity core: feature grids, the correlation volume and its depth ordering (eqs. 3-4),
 the Table 2 subnet, the eq. 8 loss and the Sec. 4.1 hard-negative batch."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -92,3 +93,30 @@ def test_hard_pair_batch_keeps_positives_and_the_hardest_negatives():
     assert set(zip(qi.tolist()[3:], gi.tolist()[3:])) == {(0, 2), (2, 0)}  # 0.9 and 0.8: the two hardest
     qi8, _, labels8 = hard_pair_batch(torch.randn(8, 8))
     assert len(qi8) == 16 and int(labels8.sum()) == 8  # 8 positives + 8 of the 56 negatives
+
+
+def test_hard_pair_batch_never_takes_two_items_of_one_object_as_a_negative():
+    scores = torch.tensor([[5.0, 4.0, 0.9], [4.5, 5.0, 0.2], [0.8, 0.0, 5.0]])
+    qi, gi, labels = hard_pair_batch(scores, n_hard=2, objects=torch.tensor([7, 7, 3]))
+    negatives = set(zip(qi.tolist()[3:], gi.tolist()[3:]))
+    assert negatives == {(0, 2), (2, 0)} and labels.tolist() == [1, 1, 1, 0, 0]  # not (1, 0) or (0, 1)
+    qi, _, labels = hard_pair_batch(scores, n_hard=10, objects=torch.tensor([1, 1, 1]))
+    assert len(qi) == 3 and labels.tolist() == [1, 1, 1]  # no negative exists at all
+
+
+def test_finetune_layers_unfreeze_the_last_convolutions_only():
+    from lit_retrieval.models.local_similarity import LocalSimilarityNet, tail_convs
+
+    class Tiny(torch.nn.Sequential):
+        name, out_channels = "tiny", 8
+
+    bb = Tiny(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 8, 3), torch.nn.Conv2d(8, 8, 1))
+    bb.requires_grad_(False)
+    net = LocalSimilarityNet(bb, gallery_grid=5, query_grid=2, finetune_layers=2)
+    assert [c.out_channels for c in tail_convs(bb, 2)] == [8, 8]
+    assert [p.requires_grad for p in bb.parameters()] == [False, False, True, True, True, True]
+    q, g = net.describe(torch.rand(2, 3, 20, 20), "query")[1], net.describe(torch.rand(2, 3, 30, 30), "db")[1]
+    net(q, g)[0].sum().backward()
+    assert bb[3].weight.grad is not None and bb[0].weight.grad is None
+    with pytest.raises(ValueError, match="only 3 convolutions"):
+        LocalSimilarityNet(bb, gallery_grid=5, query_grid=2, finetune_layers=4)

@@ -350,6 +350,36 @@ def test_shuffle_dataset_adds_negatives(embedded, tmp_path):
         shuffle_dataset(root.parent, "nothing", tmp_path, "x", progress=False)
 
 
+def test_shuffle_dataset_makes_several_copies_per_positive(embedded, tmp_path):
+    root, _ = embedded
+    src = _load(root)
+    d = _load(shuffle_dataset(root.parent, root.name, tmp_path, "x3", seed=0, progress=False, copies=3))
+    added = d["imlist"][len(src["imlist"]):]
+    positives = {src["imlist"][i] for g in src["gnd"] for k in ("easy", "hard") for i in g[k]}
+    assert len(added) == 3 * len(positives) == len(set(added))
+    assert all(sum(d["shuffled"][n] == p for n in added) == 3 for p in positives)
+    p = next(iter(positives))
+    copies = [np.asarray(Image.open(tmp_path / "x3" / "jpg" / f"{n}.jpg")) for n in added if d["shuffled"][n] == p]
+    assert not np.array_equal(copies[0], copies[1]) and not np.array_equal(copies[1], copies[2])
+    assert d["meta"]["shuffle_copies"] == 3
+
+
+def test_build_from_shared_held_out_part_uses_only_its_images(tmp_path):
+    from lit_retrieval.data.synthetic import CocoObjects, list_images, split_by_image
+
+    coco, imagenet = _shared("coco128"), _shared("imagenet-samples")
+    fractions = [0.5, 0.1, 0.4]
+    root = build_from_shared(coco, imagenet, tmp_path, n_queries=4, n_backgrounds=30, n_distractors=6,
+                             progress=False, split=(fractions, 0, 2), n_shuffled_negatives=0)
+    d = _load(root)
+    part = {r.source for r in split_by_image(CocoObjects(coco).refs, fractions, 0)[2]}
+    bgs = {str(p) for p in split_by_image(list_images(imagenet), fractions, 0)[2]}
+    used = {r["source"] for recs in d["pastes"].values() for r in recs}
+    assert set(d["meta"]["query_sources"]) <= part and used <= part
+    assert {r["background"] for recs in d["pastes"].values() for r in recs} <= bgs
+    assert not d["shuffled"] and len(d["imlist"]) == 4 * 6 + 6
+
+
 def test_build_from_shared_splits_by_source_image(tmp_path):
     coco, imagenet = _shared("coco128"), _shared("imagenet-samples")
     root = build_from_shared(coco, imagenet, tmp_path, n_queries=3, n_backgrounds=40, n_distractors=12, progress=False)

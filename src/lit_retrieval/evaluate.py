@@ -21,9 +21,10 @@ from .backbones import Backbone, build_backbone
 from .data import RetrievalDataset, load_dataset, whitening_pairs
 from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
 from .regions import rmac_grid
-from .retrieval import DescriptorCache, ImageItem, build_method, expand_queries, extract, search
+from .retrieval import DescriptorCache, build_method, dataset_items, expand_queries, extract, search
 from .rerank.pipeline import check_config as check_rerank_config
 from .salient.pipeline import check_config as check_salient_config, run_salient
+from .localsim.pipeline import check_config as check_local_config, run_local
 from .retrieval.regional import collect_regional_vectors, learn_regional_whitening
 from .viz import pr_curve, save_pr_curves, save_topk_grid
 from .whitening import Whitening
@@ -68,11 +69,7 @@ class DescriptorExtractor:
         }
 
     def __call__(self, dataset: RetrievalDataset, part: str) -> tuple[np.ndarray, list[int]]:
-        if part == "db":
-            items = [ImageItem(Path(p)) for p in dataset.db_paths]
-        else:
-            items = [ImageItem(Path(p), None if b is None else tuple(float(v) for v in b))
-                     for p, b in zip(dataset.query_paths, dataset.query_bbx)]
+        items = dataset_items(dataset, part)
         cache = None
         if self.cfg.cache.enabled:
             key = {**self.base_key, "dataset": dataset.name, "root": str(dataset.root), "part": part,
@@ -200,12 +197,22 @@ def _run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone,
             "t_search": out["info"]["time_s"]["search_per_query"] * dataset.n_queries}
 
 
+def _run_local(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float) -> dict[str, Any]:
+    """``method=local_similarity`` (Chen et al.): R-MAC shortlist, localization subnet on feature grids, fusion."""
+    base_key = {"backbone": backbone.name, "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed))}
+    out = run_local(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key)
+    info = out["info"]
+    return {**out, "local": out, "t_extract": info["time_s"]["describe"],
+            "t_search": time.perf_counter() - t0 - info["time_s"]["describe"]}
+
+
 def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run one evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns the results dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_rerank_config(cfg)
     check_salient_config(cfg)
+    check_local_config(cfg)
     torch.manual_seed(int(cfg.seed))
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
@@ -213,9 +220,12 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     backbone.to(cfg.device)
     if cfg.method.name == "salient_regions":
         run = _run_salient(cfg, dataset, backbone, t0)
+    elif cfg.method.name == "local_similarity":
+        run = _run_local(cfg, dataset, backbone, t0)
     else:
         run = _run_global(cfg, dataset, backbone, out_dir, t0)
     ranks, stages, rerank, salient = run["ranks"], run["stages"], run.get("rerank"), run.get("salient")
+    local = run.get("local")
     db_skipped, q_skipped, t_extract, t_search = run["db_skipped"], run["q_skipped"], run["t_extract"], run["t_search"]
 
     ranks_db_nq = ranks.T  # revisitop layout: db × nq
@@ -244,6 +254,8 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         results["rerank"] = rerank["info"]
     if salient is not None:
         results["salient_regions"] = salient["info"]
+    if local is not None:
+        results["local_similarity"] = local["info"]
     if stages:
         results["stages"] = {name: {p: round(float(m["map"]), 4) for p, m in
                                     evaluate_ranks(r.T, dataset.gnd, dataset.protocol).items()}
@@ -271,5 +283,10 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             from .salient.viz import save_region_matches
 
             save_region_matches(salient, dataset, grid_gnd, shown.tolist(), out_dir / "salient_regions.png")
+        if local is not None:
+            from .localsim.viz import save_local_boxes
+
+            save_local_boxes(local, dataset, grid_gnd, shown.tolist(), out_dir / "local_boxes.png",
+                             mode=str(cfg.method.mode))
     print(format_table(results), flush=True)
     return results

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .data.images import crop_query, load_image  # noqa: E402
@@ -64,6 +65,15 @@ def show_thumbnail(ax, path: Path, size: int) -> tuple[float, float]:
     img.thumbnail((size, size), Image.LANCZOS)
     ax.imshow(np.asarray(img))
     return img.size[0] / w0, img.size[1] / h0
+
+
+def show_query(ax, path: Path, bbx, size: int, index: int) -> None:
+    """Draw a query image shrunk to ``size`` with its box (if any) in blue, titled ``query <index>``."""
+    sx, sy = show_thumbnail(ax, path, size)
+    if bbx is not None:
+        ax.add_patch(Rectangle((bbx[0] * sx, bbx[1] * sy), (bbx[2] - bbx[0]) * sx, (bbx[3] - bbx[1]) * sy,
+                               fill=False, edgecolor="blue", linewidth=2))
+    ax.set_title(f"query {index}", fontsize=8)
 
 
 def frame_result(ax, index: int, ok: set, junk: set) -> None:

@@ -47,9 +47,9 @@ class AttentionVisualization(pl.Callback):
         return self._paths
 
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> list[Path]:
-        if not self.enabled or not trainer.is_global_zero:
-            return []
-        net = pl_module.net
+        net = getattr(pl_module, "net", None)
+        if not self.enabled or not trainer.is_global_zero or not hasattr(net, "attention_map"):
+            return []  # off, another rank, or a model without regional attention (e.g. local similarity)
         images, boxes, weights, levels = [], [], [], []
         was_training = pl_module.training
         pl_module.eval()

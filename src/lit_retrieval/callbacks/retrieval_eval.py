@@ -2,7 +2,9 @@
 
 At validation (every ``every_n_epochs`` epochs, and at the last one) the callback extracts the descriptors of
 each configured retrieval dataset with the module's learned methods (``pl_module.retrieval_methods()``,
-re-extracted every time), its fixed references (``pl_module.fixed_retrieval_methods()``) and the configured
+re-extracted every time), runs its pairwise rankers (``pl_module.retrieval_rankers()``: callables
+``(dataset, image_size, device, cache_dir, progress) -> {method: Nq×N ranks}``, e.g. local similarity; each rank
+runs them whole), its fixed references (``pl_module.fixed_retrieval_methods()``) and the configured
 registry baselines (e.g. ``rmac``, ``gem`` on the same backbone) — the latter two once per run (kept in the
 callback's checkpointed state, and in the on-disk descriptor cache across runs). It logs
 ``retrieval/<dataset>/<method>/mAP_{E,M,H}`` and ``mP@k_{E,M,H}`` (classic datasets: no suffix) to every
@@ -28,7 +30,7 @@ from ..data import RetrievalDataset, load_dataset
 from ..evaluate import weights_identity
 from ..loggers import log_table
 from ..metrics import evaluate_ranks
-from ..retrieval import DescriptorCache, ImageItem, build_method, extract, search
+from ..retrieval import DescriptorCache, build_method, dataset_items, extract, search
 
 log = logging.getLogger(__name__)
 _PROTO_SUFFIX = {"easy": "_E", "medium": "_M", "hard": "_H", "all": ""}
@@ -106,7 +108,8 @@ class RetrievalEvaluation(pl.Callback):
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         backbone = pl_module.backbone
-        learned = dict(pl_module.retrieval_methods())
+        learned = dict(getattr(pl_module, "retrieval_methods", dict)())
+        rankers = dict(getattr(pl_module, "retrieval_rankers", dict)())
         need_fixed = not self.fixed
         fixed: dict[str, nn.Module] = {}
         if need_fixed:
@@ -128,6 +131,11 @@ class RetrievalEvaluation(pl.Callback):
                     metrics = evaluate_ranks(ranks.T, data.gnd, data.protocol, kappas=self.ks)
                     vals = metric_names(ds_name, m_name, metrics, self.ks)
                     (self.fixed if cached else results).update(vals)
+                for ranker in rankers.values():  # pairwise scorers (e.g. local similarity): dataset -> rankings
+                    got = ranker(data, self.image_size, pl_module.device, self.cache_dir, trainer.is_global_zero)
+                    for m_name, ranks in got.items():
+                        metrics = evaluate_ranks(ranks.T, data.gnd, data.protocol, kappas=self.ks)
+                        results.update(metric_names(ds_name, m_name, metrics, self.ks))
         finally:
             pl_module.train(was_training)
         return {**results, **self.fixed}
@@ -140,11 +148,7 @@ class RetrievalEvaluation(pl.Callback):
     def _describe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, method: nn.Module,
                   data: RetrievalDataset, part: str, cacheable: bool) -> np.ndarray:
         rank, world = trainer.global_rank, trainer.world_size
-        if part == "db":
-            items = [ImageItem(Path(p)) for p in data.db_paths]
-        else:
-            items = [ImageItem(Path(p), None if b is None else tuple(float(v) for v in b))
-                     for p, b in zip(data.query_paths, data.query_bbx)]
+        items = dataset_items(data, part)
         mine = items[rank::world]
         cache = None
         if cacheable and self.cache_dir and hasattr(method, "cache_key"):

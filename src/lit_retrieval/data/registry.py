@@ -47,7 +47,7 @@ def load_dataset(cfg: Mapping[str, Any]) -> RetrievalDataset:
 
 
 def _load_cocopaste(cfg: Mapping[str, Any]) -> RetrievalDataset:
-    from .synthetic import build_from_shared
+    from .synthetic import build_from_shared, shuffle_dataset
 
     coco, backgrounds = Path(_get(cfg, "coco_dir")), Path(_get(cfg, "backgrounds_dir"))
     for folder, what in ((coco, "coco_dir (COCO-format objects)"), (backgrounds, "backgrounds_dir")):
@@ -57,9 +57,31 @@ def _load_cocopaste(cfg: Mapping[str, Any]) -> RetrievalDataset:
                             "../shared/data/coco128 and ../shared/data/imagenet-samples)")
     seed, nq = int(_get(cfg, "seed", 0)), int(_get(cfg, "n_queries", 24))
     name = f"{_get(cfg, 'name', 'cocopaste')}-s{seed}-q{nq}"
+    kw: dict[str, Any] = {}
+    split = _get(cfg, "split", None)
+    if split is not None:  # build from one part of an image split (the others train, e.g. data=synthetic_pairs)
+        fractions, part = [float(f) for f in split["fractions"]], int(split["part"])
+        if not 0 <= part < len(fractions):
+            raise DataError(f"dataset.split.part={part} but dataset.split.fractions has {len(fractions)} parts", None,
+                            "pick the held-out part's index (e.g. 2 for fractions [0.5, 0.1, 0.4])")
+        kw["split"] = (fractions, int(split.get("seed", 0)), part)
+        name += f"-p{part}of" + "_".join(f"{f:g}" for f in fractions) + f"-ss{kw['split'][1]}"
+    for key in ("n_distractors", "n_backgrounds"):
+        if _get(cfg, key, None) is not None:
+            kw[key] = int(cfg[key])
+            name += f"-{key[2]}{kw[key]}"
+    if _get(cfg, "n_shuffled", None) is not None:  # patch-shuffled copies inside the build (default: all)
+        kw["n_shuffled_negatives"] = int(cfg["n_shuffled"])
+        name += f"-shf{kw['n_shuffled_negatives']}"
     out_root = Path(_get(cfg, "cache_dir"))
     if not (out_root / name / f"gnd_{name}.pkl").exists():
-        build_from_shared(coco, backgrounds, out_root, name=name, seed=seed, n_queries=nq)
+        build_from_shared(coco, backgrounds, out_root, name=name, seed=seed, n_queries=nq, **kw)
+    copies = int(_get(cfg, "shuffle_copies", 0))
+    if copies:  # Chen et al.'s OxfShf construction on top: `copies` shuffled negatives per positive
+        shf = f"{name}-x{copies}"
+        if not (out_root / shf / f"gnd_{shf}.pkl").exists():
+            shuffle_dataset(out_root, name, out_root, shf, seed=seed, copies=copies)
+        name = shf
     return load_revisited(out_root, name)
 
 

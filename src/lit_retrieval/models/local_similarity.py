@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 
-from ..pooling import l2n
+from ..pooling import l2n, rmac
+from .checkpoint import check_backbone, load_trained_state, read_entry
 
 #: Faster R-CNN box encoding (dx, dy, dw, dh) with unit weights; the reference box is the whole gallery image.
 BOX_CODER = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
@@ -28,10 +29,12 @@ def feature_grid(fmap: Tensor, size: int | tuple[int, int]) -> Tensor:
 
 def correlation_volume(gallery: Tensor, query: Tensor) -> Tensor:
     """Eq. 3 for aligned pairs: ``s(h_g, w_g, d') = f_g(h_g, w_g)ᵀ f_q(d')``, ``N×D×H_g×W_g`` and
-    ``N×D×H_q×W_q`` -> ``N×(H_q·W_q)×H_g×W_g`` as one batched matrix product."""
+    ``N×D×H_q×W_q`` (or ``1×D×H_q×W_q``: one query against every gallery) -> ``N×(H_q·W_q)×H_g×W_g`` as one
+    batched matrix product. Gallery grids stored location-major (channels-last views) are read without a copy."""
     N, D, Hg, Wg = gallery.shape
+    g = gallery.permute(0, 2, 3, 1).reshape(N, Hg * Wg, D)
     q = query.flatten(2)  # N×D×(Hq·Wq), row-major: channel h_q·W_q + w_q
-    return torch.bmm(q.transpose(1, 2), gallery.flatten(2)).view(N, -1, Hg, Wg)
+    return torch.matmul(g, q).transpose(1, 2).reshape(N, -1, Hg, Wg)
 
 
 def correlation_all_pairs(gallery: Tensor, query: Tensor) -> Tensor:
@@ -98,16 +101,93 @@ def local_similarity_loss(logits: Tensor, box_codes: Tensor, labels: Tensor, box
     return cls + lam * loc, cls, loc
 
 
-def hard_pair_batch(present_logit: Tensor, n_hard: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def hard_pair_batch(present_logit: Tensor, n_hard: int | None = None,
+                    objects: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Sec. 4.1: ``N`` query/gallery pairs give ``N`` positives (query i with gallery i) and ``N(N−1)`` negatives
     (query i with gallery j ≠ i); keep every positive and the ``n_hard`` (default ``N``) negatives with the highest
-    "present" score. ``present_logit`` ``N_q×N_g`` -> ``(query index, gallery index, label)`` of the kept pairs."""
+    "present" score. ``present_logit`` ``N_q×N_g`` -> ``(query index, gallery index, label)`` of the kept pairs.
+    ``objects`` (``N`` ids): pairs of two items of the same object are not negatives and are never kept."""
     N = present_logit.shape[0]
     n_hard = N if n_hard is None else n_hard
-    eye = torch.eye(N, dtype=torch.bool, device=present_logit.device)
-    neg_scores = present_logit.detach().masked_fill(eye, float("-inf")).flatten()
-    hard = neg_scores.topk(min(n_hard, N * (N - 1))).indices
+    same = torch.eye(N, dtype=torch.bool, device=present_logit.device)
+    if objects is not None:
+        same = same | (objects[:, None] == objects[None, :]).to(same.device)
+    neg_scores = present_logit.detach().masked_fill(same, float("-inf")).flatten()
+    hard = neg_scores.topk(min(n_hard, int((~same).sum()))).indices
     qi = torch.cat([torch.arange(N, device=hard.device), hard // N])
     gi = torch.cat([torch.arange(N, device=hard.device), hard % N])
     labels = torch.cat([torch.ones(N, dtype=torch.long), torch.zeros(len(hard), dtype=torch.long)]).to(hard.device)
     return qi, gi, labels
+
+
+CKPT_KEY = "local_similarity"  # the checkpoint entry with everything scoring needs
+
+
+def tail_convs(backbone: nn.Module, n: int) -> list[nn.Conv2d]:
+    """The last ``n`` convolutions of a backbone in forward (registration) order: the layers the paper fine-tunes
+    ("the last 10 layers" of ResNet-101)."""
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    if n > len(convs):
+        raise ValueError(f"model.finetune_layers={n}, but the backbone has only {len(convs)} convolutions")
+    return convs[len(convs) - n:] if n > 0 else []
+
+
+class LocalSimilarityNet(nn.Module):
+    """Feature extraction subnet (backbone -> whole-image max RoI-pooling to ``gallery_grid``/``query_grid`` -> L2
+    per location) + correlation layer + :class:`LocalizationSubnet`. The backbone is frozen except its last
+    ``finetune_layers`` convolutions (0 by default; BatchNorm statistics stay frozen either way). The R-MAC of the
+    same activation map (``rmac_levels``) is the global descriptor of the shortlist and of the fusion."""
+
+    def __init__(self, backbone: nn.Module, gallery_grid: int = 15, query_grid: int = 7, finetune_layers: int = 0,
+                 rmac_levels: int = 3) -> None:
+        super().__init__()
+        if gallery_grid < 4 or query_grid < 1:
+            raise ValueError(f"model.gallery_grid={gallery_grid} must be >= 4 (two 2×2 poolings) and "
+                             f"model.query_grid={query_grid} >= 1")
+        self.backbone = backbone
+        self.gallery_grid, self.query_grid = int(gallery_grid), int(query_grid)
+        self.finetune_layers, self.rmac_levels = int(finetune_layers), int(rmac_levels)
+        self.subnet = LocalizationSubnet(depth=self.query_grid ** 2, grid=self.gallery_grid)
+        for conv in tail_convs(backbone, self.finetune_layers):
+            conv.requires_grad_(True)
+
+    def config(self) -> dict:
+        return {"backbone": self.backbone.name, "gallery_grid": self.gallery_grid, "query_grid": self.query_grid,
+                "finetune_layers": self.finetune_layers, "rmac_levels": self.rmac_levels}
+
+    def grid(self, fmap: Tensor, part: str) -> Tensor:
+        """Activation map -> the gallery (``part="db"``) or query grid, L2 per location."""
+        return feature_grid(fmap, self.gallery_grid if part == "db" else self.query_grid)
+
+    def describe(self, x: Tensor, part: str) -> tuple[Tensor, Tensor]:
+        """Normalised images -> ``(R-MAC N×C, grid N×C×g×g)`` from one backbone pass."""
+        fmap = self.backbone(x)
+        return l2n(rmac(fmap, L=self.rmac_levels)), self.grid(fmap, part)
+
+    def forward(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
+        """Aligned grids ``N×D×q×q`` and ``N×D×g×g`` -> ``(logits N×2, box codes N×4)`` (eq. 7)."""
+        return self.subnet(correlation_volume(gallery, query))
+
+    def score_all(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
+        """Every query against every gallery: ``(logits N_q×N_g×2, box codes N_q×N_g×4)``."""
+        vol = correlation_all_pairs(gallery, query)
+        Nq, Ng = vol.shape[:2]
+        logits, codes = self.subnet(vol.flatten(0, 1))
+        return logits.view(Nq, Ng, 2), codes.view(Nq, Ng, 4)
+
+
+def present_probability(logits: Tensor) -> Tensor:
+    """S_local: the probability of the "query present" class (index 1) of ``...×2`` logits."""
+    return logits.softmax(-1)[..., 1]
+
+
+def load_local_similarity(ckpt_path: str, backbone: nn.Module, map_location: str | torch.device = "cpu"
+                          ) -> LocalSimilarityNet:
+    """Rebuild the network from a ``train.py model=local_similarity`` checkpoint on the given (frozen) backbone:
+    the localization subnet, the grid settings and any fine-tuned backbone layers."""
+    entry, p = read_entry(ckpt_path, CKPT_KEY, "local_similarity", map_location)
+    cfg = dict(entry["config"])
+    check_backbone(cfg.pop("backbone"), backbone, p)
+    net = LocalSimilarityNet(backbone, **cfg)
+    load_trained_state(net, entry["state_dict"], p)
+    return net.eval()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +28,7 @@ from ..pooling import l2n, region_max, region_mean
 from ..regions import GRIDS, sample_regions
 from ..whitening import Whitening
 from .attention import RegionalAttention, attention_input
+from .checkpoint import check_backbone, load_trained_state, read_entry
 
 log = logging.getLogger(__name__)
 CKPT_KEY = "regional_attention"  # the checkpoint entry with everything the descriptor needs
@@ -186,26 +186,14 @@ def load_regional_attention(ckpt_path: str, backbone: Backbone | None = None,
     ``backbone``: the frozen backbone to use (must be the checkpoint's architecture); built from the
     checkpoint's ``backbone`` settings when ``None``.
     """
-    p = Path(ckpt_path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found ({p}). Fix: pass ckpt_path=RUN/checkpoints/best.ckpt of a "
-                                "`python train.py model=regional_attention ...` run")
-    ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    if CKPT_KEY not in ckpt:
-        raise ValueError(f"{p} is not a regional-attention checkpoint (no {CKPT_KEY!r} entry). Fix: use a "
-                         "checkpoint written by `python train.py model=regional_attention`")
-    entry = ckpt[CKPT_KEY]
+    entry, p = read_entry(ckpt_path, CKPT_KEY, "regional_attention", map_location)
     cfg = dict(entry["config"])
     name = cfg.pop("backbone")
     if backbone is None:
         backbone = build_backbone(name, weights=str(entry["backbone"].get("weights", "imagenet")))
-    elif backbone.name != name:
-        raise ValueError(f"{p} was trained on backbone {name!r}, not {backbone.name!r}. Fix: pass backbone={name}")
+    check_backbone(name, backbone, p)
     net = RegionalAttentionNet(backbone, **cfg)
-    missing, unexpected = net.load_state_dict(entry["state_dict"], strict=False)
-    missing = [k for k in missing if not k.startswith("backbone.")]
-    if missing or unexpected:
-        raise ValueError(f"{p}: checkpoint does not match the network (missing {missing}, unexpected {unexpected})")
+    load_trained_state(net, entry["state_dict"], p)
     if not net.whitened:
         log.warning("%s carries no regional whitening (trained with whitening.kind=none): descriptors use L2 "
                     "regional vectors only", p)

@@ -1,4 +1,5 @@
 """LightningModules: thin training wrappers around the ``lit_retrieval.models`` networks."""
+from .local_similarity import LocalSimilarityModule
 from .regional_attention import RegionalAttentionModule
 
-__all__ = ["RegionalAttentionModule"]
+__all__ = ["LocalSimilarityModule", "RegionalAttentionModule"]

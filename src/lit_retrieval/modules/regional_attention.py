@@ -23,11 +23,12 @@ from ..models import RegionalAttentionNet, UniformRegions
 from ..models.regional_attention import CKPT_KEY
 from ..retrieval.regional import collect_regional_vectors, learn_regional_whitening
 from ..whitening import Whitening
+from .frozen import FrozenBackboneCheckpoint
 
 log = logging.getLogger(__name__)
 
 
-class RegionalAttentionModule(pl.LightningModule):
+class RegionalAttentionModule(FrozenBackboneCheckpoint, pl.LightningModule):
     """``scales``/``train_scales``/``grid``/``context``/``hidden``/``aggregate``: :class:`RegionalAttentionNet`
     settings (``scales`` is the test scale S); ``whitening``: ``{kind: pca|none, dims, dataset: <dataset
     config>, max_images, image_size}``; ``optimizer``/``scheduler``: SGD and plateau settings."""
@@ -132,15 +133,8 @@ class RegionalAttentionModule(pl.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        sd = checkpoint["state_dict"]
-        for k in [k for k in sd if k.startswith("net.backbone.")]:
-            del sd[k]
+        sd = self.drop_frozen_backbone(checkpoint["state_dict"])
         checkpoint[CKPT_KEY] = {"config": self.net.config(), "backbone": dict(self.hparams.backbone),
                                 "whitening": {k: v for k, v in self.hparams.whitening.items() if k != "dataset"}
                                 | {"dataset": str(self.hparams.whitening.get("dataset", {}).get("name"))},
                                 "state_dict": {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001
-        full = {f"net.backbone.{k}": v for k, v in self.net.backbone.state_dict().items()}
-        full.update(state_dict)  # the frozen backbone is not stored: take it from the module as built
-        return super().load_state_dict(full, strict=strict, assign=assign)

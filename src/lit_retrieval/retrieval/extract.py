@@ -32,6 +32,15 @@ class ImageItem:
     bbx: tuple[float, float, float, float] | None = None
 
 
+def dataset_items(dataset, part: str, crop: bool = True) -> list[ImageItem]:
+    """The images of a retrieval dataset's ``part`` (``"db"`` or ``"query"``) in order; queries carry their box
+    (cropped at load time) unless ``crop=False``."""
+    if part == "db":
+        return [ImageItem(Path(p)) for p in dataset.db_paths]
+    return [ImageItem(Path(p), None if (b is None or not crop) else tuple(float(v) for v in b))
+            for p, b in zip(dataset.query_paths, dataset.query_bbx)]
+
+
 class _ImageList(Dataset):
     def __init__(self, items: Sequence[ImageItem], indices: Sequence[int], image_size: int | None,
                  exif_transpose: bool, skip_bad: bool):

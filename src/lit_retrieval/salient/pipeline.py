@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..data import RetrievalDataset, load_dataset
-from ..retrieval import ImageItem, image_loader, search
+from ..retrieval import ImageItem, dataset_items, image_loader, search
 from ..whitening import Whitening, pca_basis
 from .descriptors import DEFAULT_EIG_FLOOR, first_order, project_local, second_order
 from .keypoints import hessian_affine_keypoints, salient_points
@@ -226,13 +225,6 @@ def learn_second_whitening(f2: Sequence[np.ndarray | None], dim: int, source: st
     return Whitening.learn(X, "pca", dims=dim)
 
 
-def _items(dataset: RetrievalDataset, part: str, cropped: bool = True) -> list[ImageItem]:
-    if part == "db":
-        return [ImageItem(Path(p)) for p in dataset.db_paths]
-    return [ImageItem(Path(p), None if (b is None or not cropped) else tuple(float(v) for v in b))
-            for p, b in zip(dataset.query_paths, dataset.query_bbx)]
-
-
 @dataclass
 class Described:
     """Both sides of a run: region sets, pass-1 proposals (for pictures), and what was learned."""
@@ -250,8 +242,8 @@ def describe_dataset(runner: SalientRegions, dataset: RetrievalDataset,
     calls: proposals are reused where they still apply); the order-2 PCA bases are learned on
     ``pca_dataset``'s database (``None``: the database itself)."""
     s = runner.s
-    db_items = _items(dataset, "db")
-    q_items = _items(dataset, "query", cropped=s.query == "cropped")
+    db_items = dataset_items(dataset, "db")
+    q_items = dataset_items(dataset, "query", crop=s.query == "cropped")
     q_regions = s.regions == "all" and (s.query == "full" or all(b is None for b in dataset.query_bbx))
     db_props = runner.propose(db_items, s.regions == "all", f"{dataset.name}/db")
     q_props = runner.propose(q_items, q_regions, f"{dataset.name}/query")
@@ -262,7 +254,7 @@ def describe_dataset(runner: SalientRegions, dataset: RetrievalDataset,
     if pca_dataset is None:
         pca_items, pca_props, source = db_items, db_props, f"{dataset.name} (database)"
     else:
-        pca_items, source = _items(pca_dataset, "db"), pca_dataset.name
+        pca_items, source = dataset_items(pca_dataset, "db"), pca_dataset.name
         pca_props = runner.propose(pca_items, s.regions == "all", f"{source}/pca")
     basis = learn_basis(pca_props, s.reduced_dim, source)
     pca_f2 = runner.second(pca_items, pca_props, basis, f"{source}/pca")

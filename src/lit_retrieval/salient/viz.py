@@ -11,10 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 
 from ..data import RetrievalDataset  # noqa: E402
-from ..viz import clear_ticks, finish_figure, frame_result, show_thumbnail  # noqa: E402
+from ..viz import clear_ticks, finish_figure, frame_result, show_query, show_thumbnail  # noqa: E402
 
 _OUTLINES = ("tab:cyan", "tab:orange", "tab:pink", "tab:purple", "tab:olive", "tab:brown", "tab:gray", "white")
 
@@ -44,15 +43,11 @@ def save_region_matches(salient: dict[str, Any], dataset: RetrievalDataset, gnd:
                              squeeze=False)
     for r, qi in enumerate(queries):
         ax = axes[r, 0]
-        sx, sy = show_thumbnail(ax, dataset.query_paths[qi], thumb)
-        b = dataset.query_bbx[qi]
+        cropped = salient["info"]["settings"]["query"] == "cropped"
+        show_query(ax, dataset.query_paths[qi], dataset.query_bbx[qi] if cropped else None, thumb, qi)
         qp = d.q_props[qi]
-        if b is not None and salient["info"]["settings"]["query"] == "cropped":
-            ax.add_patch(Rectangle((b[0] * sx, b[1] * sy), (b[2] - b[0]) * sx, (b[3] - b[1]) * sy, fill=False,
-                                   edgecolor="blue", linewidth=2))
-        elif qp is not None:
+        if not cropped and qp is not None:
             draw_regions(ax, qp.masks)
-        ax.set_title(f"query {qi}", fontsize=8)
         ok = set(np.asarray(gnd[qi]["ok"]).tolist())
         junk = set(np.asarray(gnd[qi].get("junk", [])).tolist())
         for c in range(min(k, ranks.shape[1])):

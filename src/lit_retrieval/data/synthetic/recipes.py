@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Sequence
 
-from .backgrounds import ImageFolderBackgrounds
-from .benchmark import DEFAULT_POSITIVES, FORMAT_VERSION, build_benchmark
-from .objects import CocoObjects
+from .backgrounds import ImageFolderBackgrounds, list_images
+from .benchmark import DEFAULT_POSITIVES, FORMAT_VERSION, build_benchmark, split_by_image
+from .objects import CocoObjects, ObjectSubset
 from .procedural import ProceduralBackgrounds, ProceduralObjects
 
 EMBEDDED_QUERIES = 12
@@ -26,13 +27,26 @@ def build_embedded(out_root: str | Path, seed: int = 0, name: str = "embedded", 
 
 def build_from_shared(coco_dir: str | Path, backgrounds_dir: str | Path, out_root: str | Path, name: str = "cocopaste",
                       seed: int = 0, n_queries: int = 24, n_backgrounds: int = 200, n_distractors: int = 50,
-                      image_size: int = 384, overwrite: bool = False, progress: bool = True) -> Path:
+                      image_size: int = 384, overwrite: bool = False, progress: bool = True,
+                      split: tuple[Sequence[float], int, int] | None = None,
+                      n_shuffled_negatives: int | None = None) -> Path:
     """COCO instances (e.g. coco128) pasted on a deterministic subset of ``n_backgrounds`` images of
-    ``backgrounds_dir`` (e.g. imagenet-samples), resized to ``image_size`` on the long side."""
-    objects = CocoObjects(coco_dir)
-    backgrounds = ImageFolderBackgrounds(backgrounds_dir, max_images=n_backgrounds, seed=seed)
+    ``backgrounds_dir`` (e.g. imagenet-samples), resized to ``image_size`` on the long side.
+
+    ``split = (fractions, split_seed, part)``: use only part ``part`` of both sources, split by image with
+    :func:`split_by_image` (the other parts stay free for training, e.g. ``data=synthetic_pairs``, which splits
+    them the same way). ``n_shuffled_negatives``: as :func:`build_benchmark` (``None``: every easy/hard positive)."""
+    objects: CocoObjects | ObjectSubset = CocoObjects(coco_dir)
+    if split is None:
+        backgrounds = ImageFolderBackgrounds(backgrounds_dir, max_images=n_backgrounds, seed=seed)
+    else:
+        fractions, split_seed, part = split
+        objects = ObjectSubset(objects, tuple(split_by_image(objects.refs, fractions, split_seed)[part]))
+        paths = split_by_image(list_images(backgrounds_dir), fractions, split_seed)[part]
+        backgrounds = ImageFolderBackgrounds(paths=paths, max_images=min(n_backgrounds, len(paths)), seed=seed)
     return build_benchmark(objects, backgrounds, out_root, name, n_queries, n_distractors=n_distractors,
-                           image_size=image_size, seed=seed, overwrite=overwrite, progress=progress)
+                           n_shuffled_negatives=n_shuffled_negatives, image_size=image_size, seed=seed,
+                           overwrite=overwrite, progress=progress)
 
 
 def _is_current(root: Path, name: str, seed: int) -> bool:

@@ -92,10 +92,11 @@ def publish_dir(tmp: Path, dst: Path, overwrite: bool) -> None:
 
 
 def shuffle_dataset(src_root: str | Path, src_name: str, dst_root: str | Path, dst_name: str, seed: int = 0,
-                    grid: int = 10, overwrite: bool = False, progress: bool = True) -> Path:
-    """Copy a revisited-format dataset and append patch-shuffled copies of each query's positives.
+                    grid: int = 10, overwrite: bool = False, progress: bool = True, copies: int = 1) -> Path:
+    """Copy a revisited-format dataset and append ``copies`` patch-shuffled copies of each query's positives
+    (Chen et al.'s OxfShf / ParShf: 3 per positive).
 
-    The copies (named ``shf_<original>``) are negatives: they are appended to ``imlist`` and appear in no
+    The copies (named ``shf_<original>``, then ``shf<c>_<original>`` for the c-th extra copy) are negatives: they are appended to ``imlist`` and appear in no
     ``easy``/``hard``/``junk``/``ok`` list, so existing indices and ground truth stay valid. Extra keys of
     the source pickle are kept; ``shuffled`` maps each copy to its original. Returns ``<dst_root>/<dst_name>``.
     """
@@ -111,18 +112,22 @@ def shuffle_dataset(src_root: str | Path, src_name: str, dst_root: str | Path, d
         for f in sorted((src / "jpg").iterdir()):
             _link_or_copy(f, tmp / "jpg" / f.name)
         shuffled = {}
+        if copies < 1:
+            raise ValueError(f"shuffle_dataset: copies={copies} must be >= 1")
         for k, name in enumerate(tqdm(originals, desc=f"shuffling {src_name}", disable=not progress)):
             path = src / "jpg" / f"{name}.jpg"
             if not path.is_file():
                 raise FileNotFoundError(f"{path} (database image {name!r} of {src_name}) is missing; the dataset is incomplete")
             with Image.open(path) as im:
                 pixels = np.asarray(im.convert("RGB"))
-            out = shuffle_patches(pixels, grid, np.random.default_rng([seed, k]))
-            new = f"{SHUFFLED_PREFIX}{name}"
-            Image.fromarray(out).save(tmp / "jpg" / f"{new}.jpg", quality=90)
-            shuffled[new] = name
+            for c in range(copies):
+                out = shuffle_patches(pixels, grid, np.random.default_rng([seed, k] if c == 0 else [seed, k, c]))
+                new = f"{SHUFFLED_PREFIX}{name}" if c == 0 else f"{SHUFFLED_PREFIX[:-1]}{c}_{name}"
+                Image.fromarray(out).save(tmp / "jpg" / f"{new}.jpg", quality=90)
+                shuffled[new] = name
         result = {**data, "imlist": imlist + list(shuffled), "shuffled": {**data.get("shuffled", {}), **shuffled}}
-        result["meta"] = {**data.get("meta", {}), "shuffled_from": src_name, "shuffle_seed": seed, "shuffle_grid": grid}
+        result["meta"] = {**data.get("meta", {}), "shuffled_from": src_name, "shuffle_seed": seed, "shuffle_grid": grid,
+                          "shuffle_copies": copies}
         atomic_pickle(result, tmp / f"gnd_{dst_name}.pkl")
         publish_dir(tmp, dst_root / dst_name, overwrite)
     except BaseException:

@@ -1,0 +1,7 @@
+"""Local similarity retrieval (Chen et al.): product-quantized gallery grids, R-MAC shortlist and fusion, R-Match."""
+from .pipeline import MODES, Described, Settings, check_config, describe, run_local, score
+from .pq import GridQuantizer
+from .search import GalleryGrids, fused_ranks, local_scores, rmatch_scores, shortlist
+
+__all__ = ["MODES", "Described", "GalleryGrids", "GridQuantizer", "Settings", "check_config", "describe",
+           "fused_ranks", "local_scores", "rmatch_scores", "run_local", "score", "shortlist"]

@@ -1,0 +1,209 @@
+"""Local-similarity retrieval on a dataset, for ``eval.py method=local_similarity`` and the training callback.
+
+One backbone pass per image gives its R-MAC (the global similarity of the shortlist and the fusion) and its
+feature grid (gallery 15×15, cropped query 7×7); both are cached on disk like every descriptor when the backbone
+is frozen. Then (:func:`score`): the gallery grids are stored raw or product-quantized, every query's top ``K``
+by R-MAC are scored by the localization subnet, and four rankings come out: ``global`` (R-MAC), ``rmatch``
+(eq. 2 on the same grids), ``local`` (``S_local`` over the shortlist) and ``local_global`` (the fusion
+``(1 − w)·S_global + w·S_local``, the paper's default w = 0.9, K = 5000).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import RetrievalDataset
+from ..models.local_similarity import LocalSimilarityNet, decode_boxes, tail_convs
+from ..retrieval import DescriptorCache, dataset_items, extract
+from .pq import GridQuantizer
+from .search import GalleryGrids, fused_ranks, local_scores, rmatch_scores, shortlist
+
+log = logging.getLogger(__name__)
+MODES = ("local_global", "local", "global", "rmatch")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``conf/method/local_similarity.yaml``: the ranking reported (``mode``), fusion weight ``w``, shortlist
+    size ``K`` (capped at the database size), gallery images per subnet batch, product quantization (``pq``:
+    ``M`` sub-vectors, or ``None`` for raw float32 grids)."""
+
+    mode: str = "local_global"
+    w: float = 0.9
+    K: int = 5000
+    batch: int = 256
+    pq: int | None = None
+    pq_nbits: int = 8
+    pq_max_train: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = []
+        if self.mode not in MODES:
+            bad.append(f"method.mode={self.mode!r} (one of {MODES})")
+        if not 0.0 <= self.w <= 1.0:
+            bad.append(f"method.w={self.w} (in [0, 1])")
+        if self.K < 1 or self.batch < 1:
+            bad.append(f"method.K={self.K}, method.batch={self.batch} (both >= 1)")
+        if self.pq is not None and self.pq < 1:
+            bad.append(f"method.pq.M={self.pq} (null for raw grids, or the number of sub-vectors)")
+        if bad:
+            raise ValueError("method=local_similarity: bad setting(s): " + "; ".join(bad))
+
+    @classmethod
+    def from_cfg(cls, m: Mapping[str, Any]) -> Settings:
+        pq = m.get("pq") or {}
+        return cls(mode=str(m.get("mode", "local_global")), w=float(m.get("w", 0.9)), K=int(m.get("K", 5000)),
+                   batch=int(m.get("batch", 256)), pq=None if pq.get("M") is None else int(pq["M"]),
+                   pq_nbits=int(pq.get("nbits", 8)), pq_max_train=int(pq.get("max_train", 100_000)),
+                   seed=int(pq.get("seed", 0)))
+
+
+@dataclass
+class Described:
+    """Per image: ``hw`` (network input size), ``glob`` (R-MAC, ``N×C``), ``grids`` (``N×L×C`` locations)."""
+
+    hw: np.ndarray
+    glob: np.ndarray
+    grids: np.ndarray
+    skipped: list[int] = field(default_factory=list)
+
+
+def feature_key(net: LocalSimilarityNet) -> dict[str, Any]:
+    """What changes the features besides the backbone's weights: grid sizes, R-MAC levels, fine-tuned layers."""
+    cfg = net.config()
+    if net.finetune_layers:
+        h = hashlib.sha1()
+        for conv in tail_convs(net.backbone, net.finetune_layers):
+            for p in conv.parameters():
+                h.update(p.detach().float().cpu().numpy().tobytes())
+        cfg["finetuned"] = h.hexdigest()
+    return cfg
+
+
+def describe(net: LocalSimilarityNet, dataset: RetrievalDataset, part: str, image_size: int | None,
+             device: str | torch.device, cache_root: str | None = None, base_key: Mapping[str, Any] | None = None,
+             num_workers: int = 0, skip_bad: bool = False, progress: bool = True) -> Described:
+    """R-MAC and feature grid of every image of ``part`` (``"db"``: gallery grid; ``"query"``: cropped query grid),
+    from one backbone pass each, cached under ``cache_root`` (keyed by ``base_key``, the features and the items)."""
+    items = dataset_items(dataset, part)
+    C = net.backbone.out_channels
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        g, grid = net.describe(x, part)
+        hw = torch.tensor([[float(x.shape[-2]), float(x.shape[-1])]], device=g.device)
+        return torch.cat([hw, g, grid.flatten(2).transpose(1, 2).flatten(1)], 1)
+
+    cache = None
+    if cache_root is not None:
+        key = {**(base_key or {}), "local_similarity": feature_key(net), "image_size": image_size,
+               "dataset": dataset.name, "root": str(dataset.root), "part": part,
+               "items": [[str(i.path), i.bbx] for i in items], "version": 1}
+        cache = DescriptorCache(cache_root, key, chunk_size=16)
+    arr, skipped = extract(items, one, net.backbone.normalize, image_size, cache=cache, num_workers=num_workers,
+                           skip_bad=skip_bad, desc=f"{dataset.name}/{part} grids", progress=progress, device=device)
+    return Described(hw=arr[:, :2], glob=arr[:, 2:2 + C], grids=arr[:, 2 + C:].reshape(len(arr), -1, C),
+                     skipped=skipped)
+
+
+def _square(n: int, what: str) -> int:
+    g = int(round(n ** 0.5))
+    if g * g != n:
+        raise ValueError(f"{what} grids of {n} locations are not square")
+    return g
+
+
+def score(net: LocalSimilarityNet, db: Described, queries: Described, s: Settings,
+          device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Every ranking of the queries against the database (see the module docstring), the shortlist's ``S_local``
+    and predicted boxes (normalised to the gallery image), and ``info`` (settings, storage, timings)."""
+    N, Lg, C = db.grids.shape
+    Nq = len(queries.grids)
+    gh, qh = _square(Lg, "gallery"), _square(queries.grids.shape[1], "query")
+    t0 = time.perf_counter()
+    quantizer = (GridQuantizer.learn(db.grids.reshape(-1, C), s.pq, s.pq_nbits, s.seed, s.pq_max_train)
+                 if s.pq else None)
+    gallery = GalleryGrids(db.grids, (gh, gh), quantizer)
+    t_store = time.perf_counter() - t0
+    s_global = queries.glob @ db.glob.T
+    short = shortlist(s_global, s.K)
+    K = short.shape[1]
+    q_grids = torch.from_numpy(np.ascontiguousarray(queries.grids)).view(Nq, qh, qh, C).permute(0, 3, 1, 2)
+    s_local = np.zeros(short.shape, np.float32)
+    codes = np.zeros(short.shape + (4,), np.float32)
+    was_training = net.training
+    net.eval()
+    t1 = time.perf_counter()
+    for i in tqdm(range(Nq), desc="local similarity", disable=not progress, leave=False):
+        s_local[i], codes[i] = local_scores(net, q_grids[i], gallery, short[i], s.batch, device)
+    t_local = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    s_rmatch = rmatch_scores(q_grids, gallery, device=device)
+    t_rmatch = time.perf_counter() - t2
+    net.train(was_training)
+    hw = torch.from_numpy(db.hw[short.ravel()])
+    boxes = decode_boxes(torch.from_numpy(codes.reshape(-1, 4)), hw) / hw.flip(1).repeat(1, 2)
+    rankings = {"global": np.argsort(-s_global, axis=1, kind="stable"),
+                "rmatch": np.argsort(-s_rmatch, axis=1, kind="stable"),
+                "local": fused_ranks(s_global, short, s_local, 1.0),
+                "local_global": fused_ranks(s_global, short, s_local, s.w)}
+    raw_bytes = Lg * C * 4
+    info = {
+        "settings": dict(vars(s)),
+        "K": int(K),
+        "gallery_grid": gh, "query_grid": qh, "dim": int(C),
+        "bytes_per_image": {"stored": gallery.bytes_per_image, "raw_float32": raw_bytes,
+                            "compression": round(raw_bytes / gallery.bytes_per_image, 1)},
+        "pairs_scored": int(Nq * K),
+        "pairs_per_s": round(Nq * K / max(t_local, 1e-9), 1),
+        "time_s": {"store": round(t_store, 3), "local_per_query": round(t_local / max(Nq, 1), 4),
+                   "rmatch_per_query": round(t_rmatch / max(Nq, 1), 4)},
+    }
+    return {"rankings": rankings, "short": short, "s_local": s_local, "s_global": s_global,
+            "boxes": boxes.view(Nq, K, 4).numpy().clip(0, 1), "info": info}
+
+
+def check_config(cfg: Any) -> None:
+    """Fail before any work on settings that cannot run with ``method=local_similarity``."""
+    if cfg.method.name != "local_similarity":
+        return
+    Settings.from_cfg(cfg.method)
+    if not cfg.get("ckpt_path"):
+        raise ValueError("method=local_similarity needs a trained localization subnet: pass ckpt_path=RUN/checkpoints/"
+                         "best.ckpt (from `python train.py model=local_similarity ...`)")
+    for what, value, ok in (("whitening", cfg.whitening.kind, "none"), ("qe", cfg.qe.kind, "none"),
+                            ("rerank", cfg.rerank.kind, "none")):
+        if value != ok:
+            raise ValueError(f"method=local_similarity scores pairs of feature grids: drop {what}={value} "
+                             f"(keep {what}={ok})")
+    if [float(v) for v in cfg.scales] != [1.0]:
+        raise ValueError("method=local_similarity describes images at one scale: drop scales=... (keep [1])")
+
+
+def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
+              base_key: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole method for ``eval.py``: ``ranks`` (the ``method.mode`` ranking), ``stages`` (every ranking),
+    ``info`` and what the pictures need."""
+    from ..models.local_similarity import load_local_similarity
+
+    s = Settings.from_cfg(cfg.method)
+    net = load_local_similarity(str(cfg.ckpt_path), backbone).to(cfg.device)
+    cache_root = str(cfg.cache.dir) if cfg.cache.enabled else None
+    kw = dict(image_size=cfg.image_size, device=cfg.device, cache_root=cache_root, base_key=base_key,
+              num_workers=num_workers, skip_bad=bool(cfg.skip_bad_images))
+    t0 = time.perf_counter()
+    db = describe(net, dataset, "db", **kw)
+    q = describe(net, dataset, "query", **kw)
+    t_describe = time.perf_counter() - t0
+    out = score(net, db, q, s, cfg.device)
+    out["info"]["time_s"]["describe"] = round(t_describe, 3)
+    order = [m for m in MODES if m != s.mode] + [s.mode]
+    return {**out, "ranks": out["rankings"][s.mode], "stages": {m: out["rankings"][m] for m in order},
+            "db_skipped": db.skipped, "q_skipped": q.skipped}

@@ -1,0 +1,36 @@
+"""Reading the entry a training module writes into its checkpoints (everything a model needs at test time)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def read_entry(ckpt_path: str | Path, key: str, model: str,
+               map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
+    """The ``key`` entry of a ``train.py model=<model>`` checkpoint, with errors that name the fix."""
+    p = Path(ckpt_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found ({p}). Fix: pass ckpt_path=RUN/checkpoints/best.ckpt of a "
+                                f"`python train.py model={model} ...` run")
+    ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    if key not in ckpt:
+        raise ValueError(f"{p} is not a {model.replace('_', '-')} checkpoint (no {key!r} entry). Fix: use a "
+                         f"checkpoint written by `python train.py model={model}`")
+    return ckpt[key], p
+
+
+def check_backbone(entry_backbone: str, backbone: nn.Module, p: Path) -> None:
+    if backbone.name != entry_backbone:
+        raise ValueError(f"{p} was trained on backbone {entry_backbone!r}, not {backbone.name!r}. Fix: pass "
+                         f"backbone={entry_backbone}")
+
+
+def load_trained_state(net: nn.Module, state_dict: dict[str, Any], p: Path) -> None:
+    """Load what training stored (the frozen backbone is not stored: its keys may be missing)."""
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    missing = [k for k in missing if not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise ValueError(f"{p}: checkpoint does not match the network (missing {missing}, unexpected {unexpected})")
