@@ -137,7 +137,7 @@ def format_table(results: dict[str, Any]) -> str:
         pk = results["mpk"][proto]
         lines.append(f"{proto:<10}{m:8.2f}" + "".join(f"{pk.get(str(k), float('nan')):8.2f}" for k in (1, 5, 10)))
     for stage, maps in results.get("stages", {}).items():
-        lines.append(f"mAP after {stage:<12}" + "  ".join(f"{p} {v:.2f}" for p, v in maps.items()))
+        lines.append(f"mAP after {stage + ':':<14}" + "  ".join(f"{p} {v:.2f}" for p, v in maps.items()))
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ class Settings:
     mode: str = "local_global"
     w: float = 0.9
     K: int = 5000
-    batch: int = 256
+    batch: int = 64
     pq: int | None = None
     pq_nbits: int = 8
     pq_max_train: int = 100_000
@@ -61,7 +61,7 @@ class Settings:
     def from_cfg(cls, m: Mapping[str, Any]) -> Settings:
         pq = m.get("pq") or {}
         return cls(mode=str(m.get("mode", "local_global")), w=float(m.get("w", 0.9)), K=int(m.get("K", 5000)),
-                   batch=int(m.get("batch", 256)), pq=None if pq.get("M") is None else int(pq["M"]),
+                   batch=int(m.get("batch", 64)), pq=None if pq.get("M") is None else int(pq["M"]),
                    pq_nbits=int(pq.get("nbits", 8)), pq_max_train=int(pq.get("max_train", 100_000)),
                    seed=int(pq.get("seed", 0)))
 

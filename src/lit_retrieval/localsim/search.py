@@ -33,6 +33,14 @@ class GalleryGrids:
         else:
             self.raw, self.codes = None, quantizer.encode(vectors.reshape(-1, D)).reshape(N, L, -1)
 
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, hw: tuple[int, int], quantizer: GridQuantizer) -> GalleryGrids:
+        """A quantized store from stored ``N×L×code_size`` codes (no float grids needed)."""
+        store = cls.__new__(cls)
+        store.hw, store.dim, store.n, store.quantizer = tuple(hw), quantizer.dim, len(codes), quantizer
+        store.raw, store.codes = None, np.ascontiguousarray(codes, dtype=np.uint8)
+        return store
+
     def __len__(self) -> int:
         return self.n
 
@@ -60,7 +68,7 @@ def shortlist(s_global: np.ndarray, K: int) -> np.ndarray:
 
 @torch.inference_mode()
 def local_scores(net: LocalSimilarityNet, query: Tensor, gallery: GalleryGrids, indices: np.ndarray,
-                 batch: int = 256, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                 batch: int = 64, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """One query grid ``D×q×q`` against ``gallery[indices]``: ``(S_local (K,), box codes K×4)``."""
     probs, codes = [], []
     q = query.to(device)[None]

@@ -78,12 +78,13 @@ class LocalSimilarityModule(FrozenBackboneCheckpoint, pl.LightningModule):
             self.net = load_local_similarity(init_from, bb)
             if (self.net.gallery_grid, self.net.query_grid) != (gallery_grid, query_grid):
                 raise ValueError(f"model.init_from={init_from} has grids {self.net.gallery_grid}/"
-                                 f"{self.net.query_grid}, not model.gallery_grid={gallery_grid}/query_grid={query_grid}")
+                                 f"{self.net.query_grid}, not model.gallery_grid={gallery_grid}/"
+                                 f"query_grid={query_grid}: use the checkpoint's grid sizes")
         else:
             self.net = LocalSimilarityNet(bb, gallery_grid, query_grid, finetune_layers)
         self.quantizer: GridQuantizer | None = None
         r = retrieval or {}
-        self.settings = Settings(w=float(r.get("w", 0.9)), K=int(r.get("K", 5000)), batch=int(r.get("batch", 256)))
+        self.settings = Settings(w=float(r.get("w", 0.9)), K=int(r.get("K", 5000)), batch=int(r.get("batch", 64)))
 
     @property
     def backbone(self) -> Backbone:
