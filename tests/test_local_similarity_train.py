@@ -74,6 +74,15 @@ def test_train_then_eval_local_similarity(tmp_path, tiny):
     q = torch.load(out2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert q["local_similarity"]["quantizer"]["centroids"].shape == (64, 256, 20)
 
+    from lit_retrieval.modules import LocalSimilarityModule
+
+    with pytest.raises(ValueError, match="use the checkpoint's grid sizes"):
+        LocalSimilarityModule({"name": "efficientnet_lite0"}, {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
+                              gallery_grid=9, init_from=str(out / "checkpoints" / "best.ckpt"))
+    with pytest.raises(ValueError, match="model.lam=-1"):
+        LocalSimilarityModule({"name": "efficientnet_lite0"}, {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
+                              lam=-1)
+
 
 def test_eval_local_similarity_needs_a_checkpoint(tmp_path, tiny):
     from lit_retrieval.evaluate import run_eval

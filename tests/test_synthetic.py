@@ -380,6 +380,17 @@ def test_build_from_shared_held_out_part_uses_only_its_images(tmp_path):
     assert not d["shuffled"] and len(d["imlist"]) == 4 * 6 + 6
 
 
+def test_cocopaste_config_rejects_a_split_part_that_does_not_exist(tmp_path):
+    from lit_retrieval.data import load_dataset
+    from lit_retrieval.data.errors import DataError
+
+    cfg = {"kind": "cocopaste", "coco_dir": str(_shared("coco128")),
+           "backgrounds_dir": str(_shared("imagenet-samples")), "cache_dir": str(tmp_path),
+           "split": {"fractions": [0.5, 0.5], "seed": 0, "part": 2}}
+    with pytest.raises(DataError, match="dataset.split.part=2"):
+        load_dataset(cfg)
+
+
 def test_build_from_shared_splits_by_source_image(tmp_path):
     coco, imagenet = _shared("coco128"), _shared("imagenet-samples")
     root = build_from_shared(coco, imagenet, tmp_path, n_queries=3, n_backgrounds=40, n_distractors=12, progress=False)

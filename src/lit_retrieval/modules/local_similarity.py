@@ -44,14 +44,14 @@ class LocalSimilarityRanker:
                  progress: bool) -> dict[str, np.ndarray]:
         frozen = self.net.finetune_layers == 0
         key = f"{data.name}:{data.root}:{image_size}"
-        if key not in self._memo:
+        described = self._memo.get(key)
+        if described is None:
             kw = dict(image_size=image_size, device=device, cache_root=cache_dir if frozen else None,
                       base_key=self.base_key, progress=progress)
             described = (describe(self.net, data, "db", **kw), describe(self.net, data, "query", **kw))
-            if not frozen:
-                return self._rank(*described, device, progress)
-            self._memo[key] = described
-        return self._rank(*self._memo[key], device, progress)
+            if frozen:  # fine-tuned layers change the grids at every step: never memoised
+                self._memo[key] = described
+        return self._rank(*described, device, progress)
 
     def _rank(self, db: Any, q: Any, device: torch.device, progress: bool) -> dict[str, np.ndarray]:
         out = score(self.net, db, q, self.settings, device, progress)
