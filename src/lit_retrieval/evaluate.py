@@ -25,6 +25,7 @@ from .retrieval import DescriptorCache, build_method, dataset_items, expand_quer
 from .rerank.pipeline import check_config as check_rerank_config
 from .salient.pipeline import check_config as check_salient_config, run_salient
 from .localsim.pipeline import check_config as check_local_config, run_local
+from .d2r.pipeline import check_config as check_d2r_config, run_d2r
 from .retrieval.regional import collect_regional_vectors, learn_regional_whitening
 from .viz import pr_curve, save_pr_curves, save_topk_grid
 from .whitening import Whitening
@@ -206,6 +207,14 @@ def _run_local(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t
             "t_search": time.perf_counter() - t0 - info["time_s"]["describe"]}
 
 
+def _run_d2r(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float) -> dict[str, Any]:
+    """``method=d2r`` (Teichmann et al.): detected regions, aggregated match kernels, inverted-file search."""
+    base_key = {"backbone": backbone.name, "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed))}
+    out = run_d2r(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key)
+    t_search = out["info"]["time_s"]["search"]
+    return {**out, "d2r": out, "t_extract": time.perf_counter() - t0 - t_search, "t_search": t_search}
+
+
 def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run one evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns the results dict."""
     out_dir = Path(out_dir)
@@ -213,6 +222,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     check_rerank_config(cfg)
     check_salient_config(cfg)
     check_local_config(cfg)
+    check_d2r_config(cfg)
     torch.manual_seed(int(cfg.seed))
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
@@ -222,10 +232,12 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         run = _run_salient(cfg, dataset, backbone, t0)
     elif cfg.method.name == "local_similarity":
         run = _run_local(cfg, dataset, backbone, t0)
+    elif cfg.method.name == "d2r":
+        run = _run_d2r(cfg, dataset, backbone, t0)
     else:
         run = _run_global(cfg, dataset, backbone, out_dir, t0)
     ranks, stages, rerank, salient = run["ranks"], run["stages"], run.get("rerank"), run.get("salient")
-    local = run.get("local")
+    local, d2r = run.get("local"), run.get("d2r")
     db_skipped, q_skipped, t_extract, t_search = run["db_skipped"], run["q_skipped"], run["t_extract"], run["t_search"]
 
     ranks_db_nq = ranks.T  # revisitop layout: db × nq
@@ -256,6 +268,8 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         results["salient_regions"] = salient["info"]
     if local is not None:
         results["local_similarity"] = local["info"]
+    if d2r is not None:
+        results["d2r"] = d2r["info"]
     if stages:
         results["stages"] = {name: {p: round(float(m["map"]), 4) for p, m in
                                     evaluate_ranks(r.T, dataset.gnd, dataset.protocol).items()}
@@ -288,5 +302,10 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
             save_local_boxes(local, dataset, grid_gnd, shown.tolist(), out_dir / "local_boxes.png",
                              mode=str(cfg.method.mode))
+        if d2r is not None and d2r["info"]["regions_per_image"] > 1:
+            from .d2r.viz import save_regions
+
+            save_regions(dataset, d2r["boxes"], d2r["box_scores"], out_dir / "d2r_regions.png",
+                         image_size=int(cfg.image_size), title=d2r["info"]["variant"])
     print(format_table(results), flush=True)
     return results

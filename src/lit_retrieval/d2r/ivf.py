@@ -3,8 +3,9 @@
 Each word's posting list holds the (image id, vector or packed bits) of the database images that contain the word,
 stored contiguously (entries sorted by word, then image). A query scores only the images in the posting lists of its
 words: one matrix product (or one XOR-popcount) per query word, the selectivity applied to all word similarities at
-once, accumulated per image with ``np.bincount``, then the normalisation ``γ(query)·γ(image)`` of eq. 1. The result
-equals :func:`~.kernels.similarity` against every database image.
+once, accumulated per image with ``np.bincount``, then the normalisation ``γ(query)·γ(image)`` of eq. 1 (left out with
+``normalize=False``). The result equals :func:`~.kernels.similarity` (with the same ``normalize``) against every
+database image.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ class InvertedFile:
     """Posting lists of a database of :class:`~.kernels.Aggregated` images (all float or all binary, one ``D``)."""
 
     def __init__(self, words: np.ndarray, image_ids: np.ndarray, vecs: np.ndarray, gammas: np.ndarray, dim: int,
-                 alpha: float = ALPHA, tau: float = TAU) -> None:
+                 alpha: float = ALPHA, tau: float = TAU, normalize: bool = True) -> None:
         self.words, self.image_ids, self.vecs = words, image_ids, vecs
         self.gammas, self.dim, self.alpha, self.tau = gammas, int(dim), float(alpha), float(tau)
+        self.normalize = bool(normalize)
         self.n_images = len(gammas)
 
     @property
@@ -29,8 +31,11 @@ class InvertedFile:
         return self.vecs.dtype == np.uint8
 
     @classmethod
-    def build(cls, images: Sequence[Aggregated], alpha: float = ALPHA, tau: float = TAU) -> "InvertedFile":
-        """Index ``images`` (image id = position in the list); ``alpha``/``tau`` fix the selectivity and ``γ``."""
+    def build(cls, images: Sequence[Aggregated], alpha: float = ALPHA, tau: float = TAU,
+              normalize: bool = True) -> "InvertedFile":
+        """Index ``images`` (image id = position in the list); ``alpha``/``tau`` fix the selectivity and ``γ``;
+        ``normalize=False`` scores without ``γ(query)·γ(image)`` (the raw sum of eq. 1, as eq. 9 is written and as the
+        released DELF configuration scores)."""
         if len(images) == 0:
             raise ValueError("an inverted file needs at least one image")
         dims, kinds = {a.dim for a in images}, {a.binary for a in images}
@@ -41,7 +46,8 @@ class InvertedFile:
         vecs = np.concatenate([a.vecs for a in images])
         order = np.lexsort((ids, words))
         gammas = np.array([gamma(a, alpha, tau) for a in images], dtype=np.float64)
-        return cls(words[order], ids[order], np.ascontiguousarray(vecs[order]), gammas, dims.pop(), alpha, tau)
+        return cls(words[order], ids[order], np.ascontiguousarray(vecs[order]), gammas, dims.pop(), alpha, tau,
+                   normalize)
 
     def postings(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``[start, end)`` of the posting lists of ``words`` in the stored arrays."""
@@ -49,7 +55,8 @@ class InvertedFile:
         return np.searchsorted(self.words, w, "left"), np.searchsorted(self.words, w, "right")
 
     def scores(self, query: Aggregated) -> np.ndarray:
-        """Eq. 1 similarity of ``query`` with every database image, ``(n_images,)`` float64 (0: no common word)."""
+        """Eq. 1 similarity of ``query`` with every database image, ``(n_images,)`` float64 (0: no common word;
+        without ``γ`` when the index was built with ``normalize=False``)."""
         if query.binary != self.binary or query.dim != self.dim:
             raise ValueError(f"query (binary {query.binary}, dim {query.dim}) does not match the index "
                              f"(binary {self.binary}, dim {self.dim})")
@@ -66,6 +73,8 @@ class InvertedFile:
             return np.zeros(self.n_images)
         acc = np.bincount(np.concatenate(ids), weights=selectivity(np.concatenate(sims), self.alpha, self.tau),
                           minlength=self.n_images)
+        if not self.normalize:
+            return acc
         return acc * self.gammas * gamma(query, self.alpha, self.tau)
 
     def search(self, query: Aggregated, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -184,6 +184,21 @@ def split_sources(objects: ObjectSource, backgrounds: BackgroundSource,
             [BackgroundSubset(backgrounds, p) for p in background_parts])
 
 
+def lru(cache: OrderedDict, key: Any, make: Any, size: int) -> Any:
+    """``cache[key]`` (marked most recent), else ``make()`` stored there, the oldest entries dropped beyond ``size``
+    (0: nothing is kept). A per-process cache of decoded objects: datasets empty it when pickled to workers."""
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        return hit
+    entry = make()
+    if size:
+        cache[key] = entry
+        while len(cache) > size:
+            cache.popitem(last=False)
+    return entry
+
+
 def paste_params(spec: PasteParams | Mapping[str, Any] | str | None = None) -> PasteParams:
     """``PasteParams`` from ``data.paste`` (``PASTE_DEFAULTS`` updated by the given keys), a preset name, or as is."""
     if isinstance(spec, PasteParams):
@@ -262,10 +277,9 @@ class SyntheticPairs(Dataset[dict[str, torch.Tensor]]):
 
     def _object(self, k: int) -> tuple[ObjectInstance, np.ndarray]:
         """(instance, query pixels) of object ``k``, from the per-process LRU cache."""
-        hit = self._cache.get(k)
-        if hit is not None:
-            self._cache.move_to_end(k)
-            return hit
+        return lru(self._cache, k, lambda: self._decode(k), self.cache_size)
+
+    def _decode(self, k: int) -> tuple[ObjectInstance, np.ndarray]:
         ref = self.refs[k]
         image = self.objects.source_image(ref)
         h, w = image.shape[:2]
@@ -276,12 +290,7 @@ class SyntheticPairs(Dataset[dict[str, torch.Tensor]]):
                             ref.source, "fix or remove this annotation")
         crop = Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2]))
         query = np.asarray(crop.resize((self.query_size, self.query_size), Image.Resampling.BILINEAR))
-        entry = (self.objects.load(ref), query)
-        if self.cache_size:
-            self._cache[k] = entry
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return entry
+        return self.objects.load(ref), query
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
         """A random background, short side resized to a random value in [size, 1.25 size], random square crop."""
@@ -331,7 +340,35 @@ class SyntheticPairs(Dataset[dict[str, torch.Tensor]]):
 
 # -------------------------------------------------------------------------------------------- datamodule
 
-class SyntheticPairsDataModule(pl.LightningDataModule):
+class SeededSplitLoaders:
+    """Loaders of a data module whose ``setup`` builds ``train_set`` and ``val_set``: seeded, resumable shuffling
+    (``SeededShuffleSampler``, which also shards under DDP and forwards the epoch to the dataset), the last
+    incomplete training batch dropped, ``collate_fn`` (a staticmethod; ``None``: torch's default)."""
+
+    collate_fn = None
+
+    def _ready(self) -> tuple[Any, Any]:
+        if self.train_set is None or self.val_set is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not been called")
+        return self.train_set, self.val_set
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the training epoch by hand (Lightning does it through the sampler); validation never changes."""
+        self._ready()[0].set_epoch(epoch)
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=SeededShuffleSampler(dataset, self.seed, train),
+                          num_workers=self.num_workers, drop_last=train, persistent_workers=False,
+                          collate_fn=self.collate_fn, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._ready()[0], train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._ready()[1], train=False)
+
+
+class SyntheticPairsDataModule(SeededSplitLoaders, pl.LightningDataModule):
     """Training and validation ``SyntheticPairs``, from COCO or procedural objects on folder or procedural
     backgrounds, split by image (part 0 trains, part 1 validates, the others are never read).
 
@@ -419,25 +456,6 @@ class SyntheticPairsDataModule(pl.LightningDataModule):
         log.info("synthetic pairs: %d training objects x %d syntheses, %d backgrounds; %d val objects, %d backgrounds",
                  len(train.refs), self.syntheses, train.n_backgrounds, len(val.refs), val.n_backgrounds)
 
-    def _ready(self) -> tuple[SyntheticPairs, SyntheticPairs]:
-        if self.train_set is None or self.val_set is None:
-            raise RuntimeError("SyntheticPairsDataModule.setup() has not been called")
-        return self.train_set, self.val_set
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the training epoch by hand (Lightning does it through the sampler); validation never changes."""
-        self._ready()[0].set_epoch(epoch)
-
-    def _loader(self, dataset: SyntheticPairs, train: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=SeededShuffleSampler(dataset, self.seed, train),
-                          num_workers=self.num_workers, drop_last=train, persistent_workers=False,
-                          pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._ready()[0], train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._ready()[1], train=False)
 
     def describe(self) -> dict[str, Any]:
         """What is being trained on, for the logger."""

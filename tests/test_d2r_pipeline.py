@@ -1,0 +1,102 @@
+"""D2R database encoding as eval.py and the training callback run it: the whole image is always region 0 (also
+when the detector finds nothing), boxes below the threshold are not regions, box features are re-extracted on the
+crop, and the callback's whole-image memo changes nothing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_retrieval.backbones import Backbone
+from lit_retrieval.d2r.codebook import learn_codebook
+from lit_retrieval.d2r.features import ActivationFeatures, crop
+from lit_retrieval.d2r.pipeline import Settings, encode_database, image_boxes, stage_variants
+
+
+class Conv4(Backbone):
+    """A fixed random 4×4-stride conv "backbone" with 16 channels (ReLU), deterministic."""
+
+    def __init__(self):
+        super().__init__("conv4", out_channels=16, stride=4, mean=(0.0,) * 3, std=(1.0,) * 3)
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 16, 4, stride=4)
+        self.freeze()
+
+    def _features(self, x):
+        return F.relu(self.conv(x))
+
+
+class FixedDetector(nn.Module):
+    """Returns the same boxes and scores for every image (torchvision's eval-mode output format)."""
+
+    def __init__(self, boxes, scores):
+        super().__init__()
+        self.boxes, self.scores = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores)
+
+    def forward(self, images):
+        return [{"boxes": self.boxes, "scores": self.scores, "labels": torch.ones(len(self.scores))}
+                for _ in images]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 64, 80, generator=g) for _ in range(5)]
+    ext = ActivationFeatures(Conv4(), scales=(1.0,), max_features=200)
+    cb = learn_codebook(np.concatenate([ext(im)[0] for im in images]), dim=8, K=16, seed=0)
+    return images, ext, cb
+
+
+def _encode(setup, detector, s, **kw):
+    images, ext, cb = setup
+    return encode_database(enumerate(images), len(images), ext, cb, s, detector, stage_variants(s),
+                           keep_regions=True, progress=False, **kw)
+
+
+def test_whole_image_always_region_zero(setup):
+    images, ext, cb = setup
+    s = Settings(K=16, dim=8, threshold=0.5)
+    nothing = FixedDetector(np.zeros((0, 4)), np.zeros(0, dtype=np.float32))
+    enc, regions = _encode(setup, nothing, s)
+    for img, r in zip(images, regions):
+        assert len(r) == 1 and np.allclose(r[0], cb.project(ext(img)[0]))
+    assert all(len(items) == 1 for items in enc.items["asmk_star/search_max"])  # one stored item: the image
+
+    det = FixedDetector([[8, 8, 48, 40], [0, 0, 30, 30], [40, 20, 80, 64]], np.array([0.9, 0.6, 0.3], np.float32))
+    enc, regions = _encode(setup, det, s)
+    for img, r in zip(images, regions):
+        assert len(r) == 3  # whole image + the two boxes with score >= 0.5
+        assert np.allclose(r[0], cb.project(ext(img)[0]))
+        assert np.allclose(r[1], cb.project(ext(crop(img, [8, 8, 48, 40]))[0]))  # re-extracted on the crop
+    assert [len(b) for b in enc.boxes] == [2] * 5 and np.allclose(enc.scores[0], [0.9, 0.6])
+    assert all(len(items) == 3 for items in enc.items["asmk_star/search_max"])
+    assert all(len(items) == 1 for items in enc.items["asmk_star/r_asmk"])  # aggregation: one item per image
+
+
+def test_whole_image_memo_changes_nothing(setup):
+    s = Settings(K=16, dim=8, threshold=0.1)
+    det = FixedDetector([[8, 8, 48, 40]], np.array([0.8], np.float32))
+    memo: dict[int, np.ndarray] = {}
+    _, first = _encode(setup, det, s, whole=memo)
+    assert sorted(memo) == list(range(5))
+    _, again = _encode(setup, det, s, whole=memo)
+    for a, b in zip(first, again):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_box_sources_and_errors():
+    img = torch.rand(3, 96, 128)
+    rmac = Settings(K=16, dim=8, boxes="rmac", rmac_levels=2)
+    boxes, scores = image_boxes(img, rmac, None)
+    assert len(boxes) == 8 and np.all(scores == 1)  # 4:3 image: 2 + 6 R-MAC boxes, the whole image apart
+    assert image_boxes(img, Settings(K=16, dim=8, boxes="none"), None)[0].shape == (0, 4)
+    with pytest.raises(ValueError, match="needs a detector"):
+        image_boxes(img, Settings(K=16, dim=8), None)
+    with pytest.raises(ValueError, match="boxes='grid'"):
+        Settings(boxes="grid")
+    with pytest.raises(ValueError, match="unknown D2R setting"):
+        Settings.from_cfg({"kernal": "asmk"})
+    assert stage_variants(Settings(aggregation="none")) == [("asmk_star", "none")]
+    assert stage_variants(Settings())[-1] == ("asmk_star", "r_asmk")
