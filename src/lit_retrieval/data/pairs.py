@@ -216,7 +216,42 @@ def paste_params(spec: PasteParams | Mapping[str, Any] | str | None = None) -> P
 
 # ----------------------------------------------------------------------------------------------- dataset
 
-class SyntheticPairs(Dataset[dict[str, torch.Tensor]]):
+class PastedItems:
+    """What the cut-and-paste datasets share: item ``i`` is synthesis ``i % syntheses`` of object
+    ``i // syntheses``; every random choice of it comes from ``default_rng([seed, epoch, i])`` (``[seed, i]``
+    without resampling); decoded objects are kept in a per-process LRU cache that is never pickled to workers."""
+
+    def _init_items(self, objects: ObjectSource, backgrounds: BackgroundSource, syntheses: int, seed: int,
+                    resample: bool, cache_size: int, split: Mapping[str, Any] | None) -> None:
+        self.objects, self.backgrounds = objects, backgrounds
+        self.refs: tuple[ObjectRef, ...] = tuple(objects.refs)
+        self.n_backgrounds = len(list(backgrounds.keys))
+        if not self.refs or not self.n_backgrounds:
+            raise DataError(f"no {'object' if not self.refs else 'background'} to paste", None,
+                            f"give {type(self).__name__} at least one object and one background")
+        self.syntheses = int(syntheses)
+        self.seed, self.resample, self.cache_size, self.epoch = int(seed), bool(resample), int(cache_size), 0
+        self.split = dict(split or {})
+        self._cache: OrderedDict[int, Any] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()  # workers start empty: no decoded pixels are pickled
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.refs) * self.syntheses
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator of item ``index`` in the current epoch."""
+        seq = [self.seed, self.epoch, int(index)] if self.resample else [self.seed, int(index)]
+        return np.random.default_rng(seq)
+
+
+class SyntheticPairs(PastedItems, Dataset[dict[str, torch.Tensor]]):
     """Query/gallery pairs of the objects ``objects.refs`` pasted on ``backgrounds``.
 
     Item ``i`` is synthesis ``i % syntheses`` of object ``i // syntheses``::
@@ -247,33 +282,9 @@ class SyntheticPairs(Dataset[dict[str, torch.Tensor]]):
             raise ValueError(f"need syntheses >= 1, gallery_size and query_size >= 8 and cache_size >= 0, got "
                              f"syntheses={syntheses}, gallery_size={gallery_size}, query_size={query_size}, "
                              f"cache_size={cache_size}")
-        self.objects, self.backgrounds = objects, backgrounds
-        self.refs: tuple[ObjectRef, ...] = tuple(objects.refs)
-        self.n_backgrounds = len(list(backgrounds.keys))
-        if not self.refs or not self.n_backgrounds:
-            raise DataError(f"no {'object' if not self.refs else 'background'} to build pairs from",
-                            None, "give SyntheticPairs at least one object and one background")
-        self.syntheses, self.gallery_size, self.query_size = int(syntheses), int(gallery_size), int(query_size)
+        self._init_items(objects, backgrounds, syntheses, seed, resample, cache_size, split)
+        self.gallery_size, self.query_size = int(gallery_size), int(query_size)
         self.paste_params = paste_params(paste)
-        self.seed, self.resample, self.cache_size, self.epoch = int(seed), bool(resample), int(cache_size), 0
-        self.split = dict(split or {})
-        self._cache: OrderedDict[int, tuple[ObjectInstance, np.ndarray]] = OrderedDict()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_cache"] = OrderedDict()  # workers start empty: no decoded pixels are pickled
-        return state
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.refs) * self.syntheses
-
-    def rng(self, index: int) -> np.random.Generator:
-        """The generator of item ``index`` in the current epoch."""
-        seq = [self.seed, self.epoch, int(index)] if self.resample else [self.seed, int(index)]
-        return np.random.default_rng(seq)
 
     def _object(self, k: int) -> tuple[ObjectInstance, np.ndarray]:
         """(instance, query pixels) of object ``k``, from the per-process LRU cache."""

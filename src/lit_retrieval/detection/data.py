@@ -38,13 +38,13 @@ from ..data.classification import limit_samples
 from ..data.errors import DataError, ImageLoadError
 from ..data.images import load_image
 from ..data.pairs import (BACKGROUNDS_DEFAULTS, GALLERY_JITTER, MAX_PASTE_TRIES, OBJECTS_DEFAULTS, SPLIT_DEFAULTS,
-                          TRAIN_PART, VAL_PART, BackgroundSubset, SeededSplitLoaders, _options, lru,
+                          TRAIN_PART, VAL_PART, BackgroundSubset, SeededSplitLoaders, PastedItems, _options, lru,
                           make_backgrounds, make_objects, paste_params, split_sources)
 from ..data.pairs import PASTE_DEFAULTS as PAIRS_PASTE_DEFAULTS
 from ..data.synthetic.backgrounds import BackgroundSource
 from ..data.synthetic.benchmark import split_by_image
 from ..data.synthetic.compositor import PasteParams, paste
-from ..data.synthetic.objects import ObjectInstance, ObjectRef, ObjectSource, ObjectSubset
+from ..data.synthetic.objects import ObjectInstance, ObjectSource, ObjectSubset
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ class LandmarkBoxesCSV:
 
 # ----------------------------------------------------------------------------------------------- synthetic
 
-class SyntheticBoxes:
+class SyntheticBoxes(PastedItems):
     """One cut-and-paste object (the "landmark") per image, on a background, boxed by the compositor.
 
     Item ``i`` is synthesis ``i % syntheses`` of object ``i // syntheses`` (of ``objects.refs``): a random
@@ -418,38 +418,14 @@ class SyntheticBoxes:
         if syntheses < 1 or image_size < 16 or cache_size < 0:
             raise ValueError(f"need syntheses >= 1, image_size >= 16 and cache_size >= 0, got syntheses={syntheses}, "
                              f"image_size={image_size}, cache_size={cache_size}")
-        self.objects, self.backgrounds = objects, backgrounds
-        self.refs: tuple[ObjectRef, ...] = tuple(objects.refs)
-        self.n_backgrounds = len(list(backgrounds.keys))
-        if not self.refs or not self.n_backgrounds:
-            raise DataError(f"no {'object' if not self.refs else 'background'} to paste", None,
-                            "give SyntheticBoxes at least one object and one background")
-        self.syntheses, self.image_size = int(syntheses), int(image_size)
+        self._init_items(objects, backgrounds, syntheses, seed, resample, cache_size, split)
+        self.image_size = int(image_size)
         self.paste_params = box_paste_params(paste)
-        self.seed, self.resample, self.cache_size, self.epoch = int(seed), bool(resample), int(cache_size), 0
-        self.split = dict(split or {})
-        self._cache: OrderedDict[int, ObjectInstance] = OrderedDict()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_cache"] = OrderedDict()  # workers start empty: no decoded pixels are pickled
-        return state
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.refs) * self.syntheses
 
     @property
     def keys(self) -> list[str]:
         """``<object source>#<synthesis>``: the items of one object share their source image."""
         return [f"{r.source}#{s}" for r in self.refs for s in range(self.syntheses)]
-
-    def rng(self, index: int) -> np.random.Generator:
-        """The generator of item ``index`` in the current epoch."""
-        seq = [self.seed, self.epoch, int(index)] if self.resample else [self.seed, int(index)]
-        return np.random.default_rng(seq)
 
     def instance(self, k: int) -> ObjectInstance:
         """Object ``k`` decoded, from the per-process LRU cache."""
