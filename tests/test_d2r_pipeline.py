@@ -100,3 +100,24 @@ def test_box_sources_and_errors():
         Settings.from_cfg({"kernal": "asmk"})
     assert stage_variants(Settings(aggregation="none")) == [("asmk_star", "none")]
     assert stage_variants(Settings())[-1] == ("asmk_star", "r_asmk")
+
+
+def test_codebook_images_bad_folders(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from lit_retrieval.d2r.pipeline import codebook_images, codebook_paths
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .jpg/.jpeg/.png images.*method.codebook.dir"):
+        codebook_images(Settings(codebook_dir=str(tmp_path / "empty")))
+    data = SimpleNamespace(name="tiny", db_paths=["a.jpg", "b.jpg"])
+    with caplog.at_level("WARNING"):
+        paths, source = codebook_paths(Settings(codebook_dir=str(tmp_path / "absent")), data)
+    assert source == "tiny database" and [p.name for p in paths] == ["a.jpg", "b.jpg"]
+    assert "absent" in caplog.text  # the fallback to the evaluated database is never silent
+    for i in range(10):
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        (tmp_path / "imgs" / f"{i}.jpg").write_bytes(b"")
+    s = Settings(codebook_dir=str(tmp_path / "imgs"), codebook_fractions=(0.5, 0.5), codebook_parts=(0,))
+    train, held = codebook_images(s), codebook_images(Settings(**{**s.__dict__, "codebook_parts": (1,)}))
+    assert len(train) + len(held) == 10 and not set(train) & set(held)  # split by image, parts disjoint

@@ -78,3 +78,17 @@ def test_checkpoint_round_trip(lite0, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="not a landmark-detector checkpoint"):
         load_detector(tmp_path / "other.ckpt")
+
+
+def test_non_finite_loss_stops_with_the_fix():
+    from lit_retrieval.modules import LandmarkDetectorModule
+
+    module = LandmarkDetectorModule({"arch": "fasterrcnn_lite0", "backbone_weights": "random", "kwargs": SMALL},
+                                    {"name": "efficientnet_lite0", "weights": "random"}, {"lr": 0.01})
+    class NanLoss(torch.nn.Module):
+        def forward(self, images, targets):
+            return {"loss_classifier": torch.tensor(float("nan"))}
+
+    module.net = NanLoss()
+    with pytest.raises(FloatingPointError, match="lower model.optimizer.lr"):
+        module.training_step((IMAGES, TARGETS), 0)
