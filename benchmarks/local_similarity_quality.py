@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LIT_RETRIEVAL_ROOT", str(ROOT))
 
 DATASETS = {"cocoheld": [], "cocoheld_shf": ["dataset.shuffle_copies=3"]}
+# Table 5's plain columns: a quantizer learned on a cut-and-paste draw of the training part of the image split
+# (the benchmark's part 2 is never seen), as a stored gallery would be built
+PQ_SOURCE = {"kind": "cocopaste", "name": "cocotrain", "seed": 1, "n_queries": 24, "n_distractors": 50,
+             "n_backgrounds": 200, "n_shuffled": 0, "split": {"fractions": [0.45, 0.15, 0.4], "seed": 0, "part": 0},
+             "coco_dir": str(ROOT.parent / "shared" / "data" / "coco128"),
+             "backgrounds_dir": str(ROOT.parent / "shared" / "data" / "imagenet-samples"),
+             "cache_dir": str(ROOT / ".cache" / "datasets")}
 
 
 def fmt(m: dict) -> str:
@@ -70,7 +77,9 @@ def main() -> None:
     from lit_retrieval.backbones import build_backbone
     from lit_retrieval.data import load_dataset
     from lit_retrieval.evaluate import weights_identity
-    from lit_retrieval.localsim import Settings, describe, fused_ranks, score
+    from lit_retrieval.localsim import Settings, describe, fused_ranks, learn_quantizer, score
+    from lit_retrieval.localsim.pq import GridQuantizer
+    from lit_retrieval.models.local_similarity import stored_quantizer
     from lit_retrieval.metrics import evaluate_ranks
     from lit_retrieval.models.local_similarity import load_local_similarity
     from lit_retrieval.retrieval import build_method, dataset_items, extract, search
@@ -93,10 +102,18 @@ def main() -> None:
         def maps(ranks):
             return evaluate_ranks(ranks.T, data.gnd, data.protocol)
 
-        def run(run_dir: str, **settings):
+        def run(run_dir: str, pq: int | None = None, stored: bool = False):
+            """``pq``: quantized gallery grids, by the quantizer stored in the run's checkpoint (``stored``, the one
+            its subnet was fine-tuned on) or by one learned on PQ_SOURCE (a training-side draw, never the benchmark)."""
             net = load_local_similarity(ckpt(run_dir), backbone)
             db, q = describe(net, data, "db", **kw), describe(net, data, "query", **kw)
-            return score(net, db, q, Settings(**settings), progress=False)
+            s = Settings(pq=pq)
+            quantizer = None
+            if pq is not None and stored:
+                quantizer = GridQuantizer.from_state(stored_quantizer(ckpt(run_dir)))
+            elif pq is not None:
+                quantizer = learn_quantizer(net, PQ_SOURCE, data, db, pq, 8, s, kw)[0]
+            return score(net, db, q, s, progress=False, quantizer=quantizer)
 
         print(f"\n## {ds_name}: {data.n_db} database images, {data.n_queries} queries; mAP E / M / H (%)")
         gem = build_method("gem", backbone, p=3.0).eval()
@@ -135,7 +152,7 @@ def main() -> None:
             for spec in args.pq:
                 M, run_dir = spec.split("=", 1)
                 a = run(args.main, pq=int(M))
-                b = run(run_dir, pq=int(M))
+                b = run(run_dir, pq=int(M), stored=True)
                 print(f"| {M} | {a['info']['bytes_per_image']['compression']}× | {fmt(maps(a['rankings']['local']))} "
                       f"| {fmt(maps(a['rankings']['local_global']))} | {fmt(maps(b['rankings']['local']))} | "
                       f"{fmt(maps(b['rankings']['local_global']))} |", flush=True)

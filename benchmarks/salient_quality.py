@@ -46,7 +46,7 @@ def main() -> None:
     from lit_retrieval.metrics import evaluate_ranks
     from lit_retrieval.retrieval import search
     from lit_retrieval.salient.matching import rank, region_similarity, regional_query_expansion
-    from lit_retrieval.salient.pipeline import SalientRegions, Settings, describe_dataset
+    from lit_retrieval.salient.pipeline import SalientRegions, Settings, describe_dataset, fallback_summary
 
     common = [f"backbone={args.backbone}", f"backbone.weights={args.weights}", f"image_size={args.image_size}"]
 
@@ -73,7 +73,7 @@ def main() -> None:
                     Settings(order=2, regions="all", query="full")]
         speed = {}
         for s in variants:
-            runner.s = replace(s, threshold=runner.s.threshold)
+            runner.s = replace(s, threshold=runner.s.threshold, n_min_fraction=runner.s.n_min_fraction)
             d = describe_dataset(runner, dataset)
             t = time.perf_counter()
             scores, best = region_similarity(d.queries, d.db)
@@ -92,9 +92,12 @@ def main() -> None:
                        d.db.select(d.db.counts - 1).vectors[:, 0])
                 speed = {"search": t_search, "global": (time.perf_counter() - t) / dataset.n_queries, "regions": per}
         per_image = {k: runner.timer.get(k, 0.0) / max(runner.counts.get(k, 0), 1) for k in ("propose", "describe")}
-        fb = [p.fallback for p in d.db_props if p is not None]
-        print(f"\n{ds}: {100 * sum(fb) / max(len(fb), 1):.0f}% of database images had fewer than N_min = "
-              f"{runner.s.n_min} Hessian-affine keypoints (the N_min α-maxima fallback)")
+        fb = fallback_summary(d.db_props)
+        kept = "-" if fb["cells_kept_mean"] is None else f"{100 * fb['cells_kept_mean']:.1f}%"
+        print(f"\n{ds}: {100 * fb['fraction']:.0f}% of database images had fewer than N_min = {runner.s.n_min} "
+              f"Hessian-affine keypoints and took the largest α cells (method.n_min_fraction = "
+              f"{runner.s.n_min_fraction}: a mean {kept} of the cells, {fb['cells_mean']} cells; every cell on "
+              f"{fb['all_cells']} images)")
         print(f"\n{ds} speed: region proposal (backbone + keypoints + k-means + regions + 1st order) "
               f"{per_image['propose']:.3f} s per image; 2nd-order pass (backbone + eqs. 4-5) "
               f"{per_image['describe']:.3f} s per image; O2_R (D = {max(args.dims)}) search "

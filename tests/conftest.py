@@ -39,3 +39,13 @@ def tiny(tmp_path_factory):
 @pytest.fixture
 def golden():
     return lambda name: shared_path("golden", name)
+
+
+@pytest.fixture(scope="session")
+def tiny_test(tmp_path_factory):
+    """A second tiny benchmark (another seed: no image or source in common with ``tiny``), for test-split checks."""
+    from lit_retrieval.data.synthetic import build_embedded
+
+    root = tmp_path_factory.mktemp("bench_test")
+    build_embedded(root, seed=4, name="tinytest", n_queries=3, n_distractors=4, progress=False)
+    return root

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lit_retrieval.rerank.aml import localize, localize_exhaustive, refine, window_scores
-from lit_retrieval.rerank.integral import (approx_region_max, exact_region_max, generalized_max, power_integral,
-                                           window_sums)
+from lit_retrieval.rerank.integral import (aml_c_root, approx_region_max, exact_region_max, generalized_max,
+                                           power_integral, window_sums)
 from lit_retrieval.rerank.windows import (candidate_windows, cells_to_pixels, count_all_windows, grid_windows, iou,
                                           pixels_to_cells)
 
@@ -69,6 +69,70 @@ def test_generalized_mean_tends_to_max_as_alpha_grows():
 def test_generalized_max_clamps_cancellation_noise():
     s = torch.tensor([[-1e-9, 0.0, 1024.0]], dtype=torch.float64)
     torch.testing.assert_close(generalized_max(s, 10.0), torch.tensor([[0.0, 0.0, 2.0]]))
+
+
+_POW10 = [float(i ** 10) for i in range(256)]  # aml.c's pow_10 table
+
+
+def _reference_root(v: float) -> int:
+    """A line-by-line port of aml.c ``fast_root_10`` / ``find_nearest`` (C integer division truncates)."""
+    if not v > 0:
+        return 0  # get_boxscore: (vec[i] > 0) ? fast_root_10(vec[i]) : 0
+    first, last = 0, 255
+    middle = (first + last) // 2
+    while first < last:
+        if _POW10[middle] < v:
+            first = middle + 1
+        else:
+            last = middle - 1
+        middle = int((first + last) / 2)
+    return first
+
+
+def test_aml_c_root_is_the_reference_table_search_and_only_even():
+    rng = np.random.default_rng(0)
+    powers = np.arange(256, dtype=np.float64) ** 10
+    v = np.concatenate([[0.0, -1e-9], powers, (np.arange(256) + 0.5) ** 10, powers[1:] * (1 + 1e-12),
+                        powers[1:] * (1 - 1e-12), np.exp(rng.uniform(0, math.log(260.0 ** 10), 3000))])
+    got = aml_c_root(torch.tensor(v, dtype=torch.float64))
+    assert got.dtype == torch.float32
+    assert got.tolist() == [float(_reference_root(x)) for x in v.tolist()]
+    assert (got[torch.tensor(v) <= 254.0 ** 10] % 2 == 0).all()  # below the table's top: even integers only
+    # a window whose maximum is a single cell at level l: exact says l, aml.c says l rounded down to even
+    sums = torch.tensor([[float(level) ** 10 for level in range(1, 9)]], dtype=torch.float64)
+    assert generalized_max(sums, 10.0).round().tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+    assert generalized_max(sums, 10.0, root="aml_c").tolist() == [[0, 2, 2, 4, 4, 6, 6, 8]]
+    # two cells at level 3: exact 3·2^0.1 ≈ 3.2, aml.c the next even integer
+    assert generalized_max(torch.tensor([2.0 * 3 ** 10], dtype=torch.float64), 10.0, root="aml_c").item() == 4
+
+
+def test_aml_c_root_needs_exact_powers_and_alpha_10():
+    x = torch.zeros(1, 2, 3, 3)
+    x[0, :, 1, 1] = 7.0  # 7^10 is not a float32: rounded up, the even root would read 8 instead of 6
+    box = torch.tensor([[0, 0, 3, 3]])
+    exact_powers = window_sums(power_integral(x, 10.0, power_dtype=torch.float64), box)
+    assert exact_powers[0, 0, 0].item() == 7.0 ** 10
+    assert generalized_max(exact_powers, 10.0, root="aml_c")[0, 0].tolist() == [6.0, 6.0]
+    assert generalized_max(window_sums(power_integral(x, 10.0), box), 10.0, root="aml_c")[0, 0].tolist() == [8.0, 8.0]
+    with pytest.raises(ValueError, match="alpha=10"):
+        generalized_max(exact_powers, 8.0, root="aml_c")
+    with pytest.raises(ValueError, match="choose exact"):
+        generalized_max(exact_powers, 10.0, root="nearest")
+
+
+def test_aml_c_root_changes_only_the_window_scores_root():
+    x = _maps(B=2, C=8, H=9, W=11, seed=5, sparsity=0.5).mul(8 / 5).ceil()  # levels 0..8, as stored
+    sat = power_integral(x, 10.0, power_dtype=torch.float64)
+    q = torch.rand(8, generator=torch.Generator().manual_seed(6))
+    boxes = torch.tensor(grid_windows(9, 11, 2, 2))
+    for root in ("exact", "aml_c"):
+        f = generalized_max(window_sums(sat, boxes), 10.0, root)
+        want = (f @ (q / q.norm())) / f.norm(dim=-1).clamp_min(1e-12)
+        torch.testing.assert_close(window_scores(sat, boxes, q, root=root), want)
+    assert not torch.allclose(window_scores(sat, boxes, q, root="aml_c"), window_scores(sat, boxes, q))
+    loc = localize(sat, q, 1.0, root="aml_c")
+    f = generalized_max(window_sums(sat, loc.boxes.unsqueeze(1)), 10.0, "aml_c")
+    torch.testing.assert_close(loc.scores, (f @ (q / q.norm()))[:, 0] / f.norm(dim=-1)[:, 0])
 
 
 def _reference_candidates(H, W, q_ratio, step, s):

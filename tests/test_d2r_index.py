@@ -15,6 +15,7 @@ from lit_retrieval.d2r import (VARIANTS, ActivationFeatures, Codebook, Database,
                                crop_window, encode_image, encode_query, learn_codebook, naive_r_asmk, r_asmk,
                                r_vlad, region_descriptors, regions_per_image, rmac_boxes, select_boxes, sim_avg,
                                sim_max, similarity, vlad)
+from lit_retrieval.d2r.database import uses_gamma
 
 K, D = 16, 8
 
@@ -45,7 +46,7 @@ def _brute(q, items, aggregation, **kw):
 
 
 # ------------------------------------------------------------------------------------------------- database
-@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("normalize", ["paper", "delf", "gamma", True, False])
 @pytest.mark.parametrize("kernel,aggregation", VARIANTS)
 def test_database_equals_brute_force(kernel, aggregation, normalize):
     C, images, queries = _data()
@@ -58,7 +59,7 @@ def test_database_equals_brute_force(kernel, aggregation, normalize):
     assert db.bytes_per_image == pytest.approx(np.mean([sum(bytes_per_image(it) for it in its) for its in items]))
     Q = [encode_query(q, C, kernel) for q in queries]
     for q in Q:
-        brute = np.array([_brute(q, its, aggregation, normalize=normalize) for its in items])
+        brute = np.array([_brute(q, its, aggregation, normalize=uses_gamma(normalize, aggregation)) for its in items])
         s = db.scores(q)
         assert s.shape == (len(images),) and s.dtype == np.float64 and not np.isnan(s).any()
         np.testing.assert_allclose(s, brute, rtol=1e-5, atol=1e-6)

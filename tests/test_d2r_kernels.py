@@ -202,3 +202,71 @@ def test_inverted_file_equals_brute_force(kind):
     assert ivf.bytes_per_image() == pytest.approx(np.mean([bytes_per_image(d) for d in db]))
     with pytest.raises(ValueError):
         ivf.search(asmk(sets[0], C) if kind == "asmk_star" else asmk_star(sets[0], C))
+
+
+# ------------------------------------------------------------------------------------ normalisation options
+# Hand-written scores under method.normalize: paper (eq. 1 with γ for ASMK(*) and regional search, eq. 9 without γ
+# for R-ASMK(*)), delf (the released index config: no γ anywhere), gamma (γ everywhere); true = gamma, false = delf.
+MODES = ["paper", "delf", "gamma", True, False]
+S7 = np.sqrt(7.0)
+XQ = np.array([[2.0, 1.0], [10.0, 3.0]])  # query on C3: words 0 (V = (2, 1)) and 1 (V = (0, 3))
+BOXED = [X3, X3[:1]]  # whole image (V_0 = (1, 2), V_1 = (1, 1), VLAD norm √7) and a box holding [1, 0] (word 0)
+
+
+def _scores(items, kernel, aggregation, mode, q):
+    from lit_retrieval.d2r import Database
+
+    return Database.build(items, kernel, aggregation, normalize=mode).scores(q)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_normalize_whole_image_and_regional_search_by_hand(mode):
+    q = _agg([0, 1, 2], [[1, 0], [1, 0], [1, 0]])  # 3 words: γ(q) = 3^(-1/2)
+    y1 = _agg([1, 2, 3], [[0.6, 0.8], [-1, 0], [0, 1]])  # common words 1 (dot 0.6), 2 (dot −1 → σ = 0); γ = 3^(-1/2)
+    y2 = _agg([0], [[0.8, 0.6]])  # common word 0 (dot 0.8); γ = 1
+    raw = np.array([0.6 ** 3, 0.8 ** 3])
+    eq1 = raw * 3 ** -0.5 * np.array([3 ** -0.5, 1.0])  # γ(q)·γ(y) Σ σ
+    with_gamma = mode in ("paper", "gamma", True)  # eq. 1 for ASMK, and for each region of eq. 3-4
+    np.testing.assert_allclose(_scores([[y1], [y2]], "asmk", "none", mode, q), eq1 if with_gamma else raw, rtol=1e-6)
+    pooled = _scores([[y1, y2], [y1]], "asmk", "search_max", mode, q)  # eq. 3: max over the regions' kernels
+    np.testing.assert_allclose(pooled, [eq1.max(), eq1[0]] if with_gamma else [raw.max(), raw[0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_normalize_r_asmk_is_eq9_without_gamma_by_hand(mode):
+    # eq. 8: V_R(c) = (1/R) Σ_r γ(Y^(r)) V(Y^(r)_c) with the regional VLAD norms √7 and 1; eq. 9 normalises per word
+    v0 = (np.array([1.0, 2.0]) / S7 + np.array([1.0, 0.0])) / 2
+    v0 /= np.linalg.norm(v0)  # word 1 only in region 0: V̂_R(1) = (1, 1)/√2
+    eq9 = (np.dot([2.0, 1.0], v0) / S5) ** 3 + (np.dot([0.0, 1.0], [1 / S2, 1 / S2])) ** 3
+    gam = 2 ** -0.5 * 2 ** -0.5  # γ(q)·γ(y): 2 words each
+    q, y = asmk(XQ, C3), r_asmk(BOXED, C3)
+    expected = eq9 * gam if mode in ("gamma", True) else eq9  # paper and delf: eq. 9, the plain sum
+    np.testing.assert_allclose(_scores([[y]], "asmk", "r_asmk", mode, q), [expected], rtol=1e-6)
+    # R-ASMK*: V_R has signs (+, +) on both words; the query's word 0 (2, 1) -> (+, +), word 1 (0, 3) -> (−, +):
+    # 1 − 2h/D = 1 (σ = 1) and 0 (σ = 0), so eq. 9 gives 1
+    qs, ys = asmk_star(XQ, C3), r_asmk_star(BOXED, C3)
+    np.testing.assert_allclose(_scores([[ys]], "asmk_star", "r_asmk", mode, qs),
+                               [0.5 if mode in ("gamma", True) else 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_normalize_naive_r_asmk_is_eq6_by_hand(mode):
+    # eq. 6 with V̂: Φ_c = (1/R) Σ_r γ(Y^(r)) V̂(Y^(r)_c), γ(Y^(0)) = 2^(-1/2) (2 words), γ(Y^(1)) = 1 (1 word)
+    phi0 = ((np.array([1.0, 2.0]) / S5) / S2 + np.array([1.0, 0.0])) / 2
+    phi1 = (np.array([1.0, 1.0]) / S2 / S2) / 2
+    raw = (np.dot([2.0, 1.0], phi0) / S5) ** 3 + np.dot([0.0, 1.0], phi1) ** 3
+    expected = raw if mode in ("delf", False) else raw * 2 ** -0.5  # the query's γ(X) of eq. 5-6
+    np.testing.assert_allclose(_scores([[naive_r_asmk(BOXED, C3)]], "asmk", "naive_r_asmk", mode, asmk(XQ, C3)),
+                               [expected], rtol=1e-6)
+
+
+def test_normalize_names():
+    from lit_retrieval.d2r.database import Database, normalization, uses_gamma
+
+    assert [normalization(m) for m in MODES] == ["paper", "delf", "gamma", "gamma", "delf"]
+    assert normalization("true") == "gamma" and normalization("false") == "delf"
+    assert [uses_gamma("paper", a) for a in ("none", "search_max", "naive_r_asmk", "r_asmk")] == [True] * 3 + [False]
+    db = Database.build([[asmk(X3, C3)]], "asmk", "none")
+    assert db.normalize == "paper" and "normalize=paper" in repr(db)
+    with pytest.raises(ValueError, match="unknown normalize='l2'.*paper"):
+        Database.build([[asmk(X3, C3)]], "asmk", "none", normalize="l2")

@@ -1,6 +1,7 @@
 """D2R database encoding as eval.py and the training callback run it: the whole image is always region 0 (also
 when the detector finds nothing), boxes below the threshold are not regions, box features are re-extracted on the
-crop, and the callback's whole-image memo changes nothing."""
+crop, and the callback's whole-image memo changes nothing. Queries are described at the size every method of the
+project uses (cropped, then shrunk by the full image's scale); ``method.normalize`` names and their booleans."""
 from __future__ import annotations
 
 import numpy as np
@@ -121,3 +122,79 @@ def test_codebook_images_bad_folders(tmp_path, caplog):
     s = Settings(codebook_dir=str(tmp_path / "imgs"), codebook_fractions=(0.5, 0.5), codebook_parts=(0,))
     train, held = codebook_images(s), codebook_images(Settings(**{**s.__dict__, "codebook_parts": (1,)}))
     assert len(train) + len(held) == 10 and not set(train) & set(held)  # split by image, parts disjoint
+
+
+# ------------------------------------------------------------------------------------------- query preprocessing
+def _spy_queries(monkeypatch) -> dict[int, tuple[int, int]]:
+    """Record the ``H×W`` every query image is described at (what ``encode_queries`` receives)."""
+    from lit_retrieval.d2r import pipeline
+
+    seen: dict[int, tuple[int, int]] = {}
+    original = pipeline.encode_queries
+
+    def spy(images, n, *args, **kw):
+        images = list(images)
+        seen.update({i: tuple(img.shape[-2:]) for i, img in images})
+        return original(images, n, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "encode_queries", spy)
+    return seen
+
+
+def _query_sizes(data, image_size):
+    """The query sizes of the project's global methods (cirtorch: crop to the box, shrink by the full image's
+    scale) and at full resolution."""
+    from lit_retrieval.data import load_for_retrieval
+
+    return ([tuple(load_for_retrieval(p, image_size, b).shape[-2:]) for p, b in zip(data.query_paths, data.query_bbx)],
+            [tuple(load_for_retrieval(p, None, b).shape[-2:]) for p, b in zip(data.query_paths, data.query_bbx)])
+
+
+def test_eval_queries_follow_the_projects_crop_and_scale_rule(tiny, tmp_path, monkeypatch):
+    from conftest import eval_cfg
+
+    from lit_retrieval.d2r.pipeline import run_d2r
+    from lit_retrieval.data import load_revisited
+
+    cfg = eval_cfg(tmp_path, "method=d2r", "aggregation=none", "detector.ckpt_path=null", "dataset=revisited",
+                   f"dataset.root={tiny}", "dataset.name=tiny", "image_size=96", "cache.enabled=false",
+                   "method.features.scales=[1.0]", "method.codebook.dir=null", "method.codebook.K=8",
+                   "method.codebook.dim=8", "method.codebook.n_images=8", "method.codebook.per_image=40")
+    data = load_revisited(tiny, "tiny")
+    seen = _spy_queries(monkeypatch)
+    out = run_d2r(cfg, data, Conv4(), 0, {"backbone": "conv4"})
+    assert out["ranks"].shape == (data.n_queries, data.n_db)
+    shrunk, full = _query_sizes(data, 96)
+    assert [seen[i] for i in range(len(shrunk))] == shrunk  # the size gem, mac, ... describe the query at
+    assert all(max(s) < max(f) for s, f in zip(shrunk, full))  # no longer the full-resolution crop
+
+
+def test_callback_queries_follow_the_projects_crop_and_scale_rule(tiny, monkeypatch):
+    from lit_retrieval.d2r.pipeline import D2RRanker
+    from lit_retrieval.data import load_revisited
+
+    data = load_revisited(tiny, "tiny")
+    s = Settings(K=8, dim=8, scales=(1.0,), codebook_images=8, codebook_per_image=40)
+    ranker = D2RRanker(FixedDetector([[4, 4, 60, 50]], np.array([0.9], np.float32)), Conv4(), s, {"backbone": "c4"})
+    seen = _spy_queries(monkeypatch)
+    ranks = ranker(data, 80, torch.device("cpu"), None, False)
+    assert sorted(ranks) == ["asmk_star", "d2r_asmk_star", "d2r_r_asmk_star"]
+    shrunk, full = _query_sizes(data, 80)
+    assert [seen[i] for i in range(len(shrunk))] == shrunk
+    assert all(max(s) < max(f) for s, f in zip(shrunk, full))
+
+
+# --------------------------------------------------------------------------------------------- normalisation
+def test_normalize_setting_names_and_config(tmp_path):
+    from conftest import eval_cfg
+
+    from lit_retrieval.d2r.pipeline import settings_from_eval
+
+    assert Settings().normalize == "paper"
+    assert Settings(normalize=True).normalize == "gamma" and Settings(normalize=False).normalize == "delf"
+    with pytest.raises(ValueError, match="unknown normalize='eq1'"):
+        Settings(normalize="eq1")
+    for override, name in ((None, "paper"), ("delf", "delf"), ("gamma", "gamma"), ("true", "gamma"),
+                           ("false", "delf")):
+        extra = [] if override is None else [f"method.normalize={override}"]
+        assert settings_from_eval(eval_cfg(tmp_path, "method=d2r", *extra)).normalize == name

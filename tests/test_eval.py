@@ -71,14 +71,18 @@ def test_eval_gem_matches_independent_implementation(tiny, tmp_path):
 
 def test_eval_whitening_qe_and_cache_reuse(tiny, tmp_path):
     base = ["dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny", "image_size=192", "plots.enabled=false"]
+    def tiny_chunks() -> int:  # cached descriptor chunks of the evaluated dataset
+        return sum(len(list(k.parent.glob("chunk_*.npz"))) for k in (tmp_path / ".cache" / "descriptors").rglob(
+            "key.json") if json.loads(k.read_text())["dataset"] == "tiny")
+
     r1 = run_eval(eval_cfg(tmp_path, "method=mac", *base), tmp_path / "a")
-    n_cached = len(list((tmp_path / ".cache" / "descriptors").rglob("chunk_*.npz")))
+    n_cached = tiny_chunks()
     r2 = run_eval(eval_cfg(tmp_path, "method=mac", "whitening=pca", "qe=avg", *base), tmp_path / "b")
-    assert len(list((tmp_path / ".cache" / "descriptors").rglob("chunk_*.npz"))) == n_cached  # reused
-    assert (tmp_path / "b" / "whitening.npz").exists() and r2["whitening"] == "pca" and r2["qe"]["kind"] == "avg"
+    assert tiny_chunks() == n_cached  # reused
+    assert (tmp_path / "b" / "whitening.npz").exists() and r2["whitening"]["kind"] == "pca" and r2["qe"]["kind"] == "avg"
     assert r1["map"] != r2["map"]
     r3 = run_eval(eval_cfg(tmp_path, "method=mac", "image_size=160", *base[:-2], "plots.enabled=false"), tmp_path / "c")
-    assert len(list((tmp_path / ".cache" / "descriptors").rglob("chunk_*.npz"))) > n_cached  # new key
+    assert tiny_chunks() > n_cached  # new key
     assert r3["image_size"] == 160
 
 
@@ -101,6 +105,7 @@ def test_eval_cli_multirun_summary(tiny, tmp_path):
     assert len(summary) == 1
     text = summary[0].read_text()
     assert "method=mac" in text and "method=spoc" in text and "map/medium" in text
+    assert "map_ci95/medium" in text and "vs run 0/medium" in text  # intervals, and spoc paired against mac
 
 
 def test_eval_classic_protocol_and_bad_configs(tiny, tmp_path):

@@ -20,6 +20,7 @@ def _overrides(root: Path, tiny: Path, *extra: str) -> list[str]:
             "image_size=128", "data.objects.n=12", "data.backgrounds.n=12", "data.syntheses=2",
             "data.gallery_size=128", "data.query_size=64", "data.batch_size=4", "data.split.fractions=[0.7,0.3]",
             "~callbacks.retrieval_eval.datasets", f"+callbacks.retrieval_eval.datasets={{tiny: {bench}}}",
+            "~callbacks.retrieval_eval.test_datasets", "+callbacks.retrieval_eval.test_datasets={}",
             "monitor=retrieval/tiny/local_similarity/mAP_M", *extra]
 
 
@@ -61,11 +62,16 @@ def test_train_then_eval_local_similarity(tmp_path, tiny):
     assert info["K"] == ev["n_db"] and info["bytes_per_image"]["compression"] == 1.0
     assert (tmp_path / "eval" / "local_boxes.png").stat().st_size > 1000
 
-    # product quantization of the stored grids: 1280 channels / 128 sub-vectors, 1 byte each: 40× smaller
+    # product quantization of the stored grids: 1280 channels / 128 sub-vectors, 1 byte each: 40× smaller; the
+    # checkpoint has no quantizer, so one is learned on method.pq.dataset (here the evaluated database itself)
     pq = run_eval(_eval_cfg(tmp_path, tiny, f"ckpt_path={out}/checkpoints/best.ckpt", "method.pq.M=128",
-                            "method.K=5", "method.mode=local"), tmp_path / "eval_pq")
+                            "method.pq.dataset={kind: transductive}", "method.K=5", "method.mode=local"),
+                  tmp_path / "eval_pq")
     assert pq["local_similarity"]["bytes_per_image"]["compression"] == 40.0
     assert pq["local_similarity"]["K"] == 5
+    assert pq["local_similarity"]["pq"]["source"] == "learned"
+    assert pq["local_similarity"]["pq"]["learned_on"] == {"dataset": "tiny", "root": str(tiny / "tiny"),
+                                                          "n_images": ev["n_db"], "transductive": True}
 
     # fine-tuning on quantized grids starts from the trained subnet and stores its quantizer
     out2 = tmp_path / "run_pq"
@@ -73,6 +79,12 @@ def test_train_then_eval_local_similarity(tmp_path, tiny):
                                 "model.quantize.batches=2", f"model.init_from={out}/checkpoints/best.ckpt")))
     q = torch.load(out2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert q["local_similarity"]["quantizer"]["centroids"].shape == (64, 256, 20)
+    # ... which eval.py uses by default (80× smaller), and nothing is learned on the evaluated database
+    ev_pq = run_eval(_eval_cfg(tmp_path, tiny, f"ckpt_path={out2}/checkpoints/last.ckpt"), tmp_path / "eval_ft")
+    saved = json.loads((tmp_path / "eval_ft" / "results.json").read_text())["local_similarity"]
+    assert saved["pq"] == ev_pq["local_similarity"]["pq"]
+    assert saved["pq"]["source"] == "checkpoint" and saved["pq"]["M"] == 64 and saved["pq"]["learned_on"] is None
+    assert saved["bytes_per_image"]["compression"] == 80.0
 
     from lit_retrieval.modules import LocalSimilarityModule
 

@@ -176,3 +176,31 @@ def test_checkpoint_round_trip_without_backbone_weights(tmp_path, backbone):
         load_regional_attention(str(tmp_path / "x.ckpt"), build_backbone("resnet50", weights="random"))
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
         load_regional_attention(str(tmp_path / "missing.ckpt"), backbone)
+
+
+def test_reference_code_options_change_exactly_what_they_name():
+    torch.manual_seed(0)
+    k = torch.randn(2, 5, 8)
+    a, b = RegionalAttention(8, 4, "tanh"), RegionalAttention(8, 4, "softplus")
+    b.load_state_dict(a.state_dict())
+    assert torch.allclose(a(k), F.softplus(a.score(torch.tanh(a.reduce(k)))).squeeze(-1))
+    assert torch.allclose(b(k), F.softplus(a.score(F.softplus(a.reduce(k)))).squeeze(-1))
+    assert not torch.allclose(a(k), b(k))
+    with pytest.raises(ValueError, match="hidden_activation"):
+        RegionalAttention(8, 4, "relu")
+
+    bb = build_backbone("efficientnet_lite0", weights="random")
+    raw = RegionalAttentionNet(bb, scales=2, pca_input="raw")
+    paper = RegionalAttentionNet(bb, scales=2, pca_input="l2")
+    x = torch.rand(1, 3, 96, 96)
+    M = raw.pool_regions(x, 2, attention=False)["max"]
+    assert torch.allclose(raw.regional_vectors(x), M) and torch.allclose(paper.regional_vectors(x), l2n(M))
+    X = torch.randn(400, bb.out_channels).double().numpy()
+    white = Whitening.learn(X, "pca", dims=16)
+    raw.set_whitening(white)
+    paper.set_whitening(white)
+    m, P = torch.as_tensor(white.m).float(), torch.as_tensor(white.P[:16]).float()
+    assert torch.allclose(raw.post_process(M), l2n((M - m) @ P.T), atol=1e-5)  # PCA of the raw MACs
+    assert torch.allclose(paper.post_process(M), l2n((l2n(M) - m) @ P.T), atol=1e-5)  # L2 -> PCA -> L2
+    with pytest.raises(ValueError, match="whitening.input"):
+        RegionalAttentionNet(bb, pca_input="max")

@@ -1,6 +1,8 @@
 """Jeong et al.: weights (eqs. 1-2), region descriptors (eqs. 3, 5, 9), region matching (eq. 7) and regional
 QE (eq. 8) on hand-computed inputs."""
+import logging
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from lit_retrieval.salient.descriptors import first_order, logm_spd, project_local, second_order, upper_triangle
 from lit_retrieval.salient.matching import RegionSet, rank, region_similarity, regional_query_expansion
-from lit_retrieval.salient.pipeline import Settings, pad_regions
+from lit_retrieval.salient.pipeline import Settings, fallback_summary, pad_regions, propose, report_fallback
 from lit_retrieval.salient.weights import channel_weights, spatial_weights
 
 # K = 2 channels on a 2×2 map
@@ -132,7 +134,63 @@ def test_pad_regions_and_whole_region_selection():
 
 @pytest.mark.parametrize("field,value,match", [("order", 3, "order"), ("regions", "some", "regions"),
                                                ("n_min", 5000, "n_min"), ("clusters", 9, "clusters"),
-                                               ("eig_floor", 0.0, "eig_floor")])
+                                               ("eig_floor", 0.0, "eig_floor"),
+                                               ("n_min_fraction", 0.0, "n_min_fraction"),
+                                               ("n_min_fraction", 1.5, "n_min_fraction")])
 def test_bad_settings_name_the_key(field, value, match):
     with pytest.raises(ValueError, match=match):
         Settings(**{field: value})
+
+
+# ------------------------------------------------------------------------- the N_min fallback on a stride-32 map
+
+def _peaked_map(centres, h=12, w=16, K=4):
+    """A ``K×h×w`` non-negative map whose channel sum (alpha) peaks at the given ``(row, col)`` centres."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    bump = sum(torch.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 4.0) for r, c in centres)
+    return (0.05 + bump)[None].repeat(K, 1, 1) * torch.linspace(0.5, 1.5, K)[:, None, None]
+
+
+IMAGE = torch.zeros(3, 384, 512)  # 12x16 cells at stride 32
+
+
+def test_fallback_regions_depend_on_alpha_on_a_stride_32_map():
+    s = Settings(detector="none")  # no keypoints: the fallback, with the default N_min = 300 > 192 cells
+    a = propose(IMAGE, _peaked_map([(2, 3), (3, 12), (9, 7)]), s, True)
+    b = propose(IMAGE, _peaked_map([(8, 2), (9, 13), (2, 8)]), s, True)
+    assert a.fallback and b.fallback and a.masks.shape[1:] == (12, 16) and len(a.masks) > 1
+    # the regions follow alpha: other regions (not only other ties of the same grid partition), around the peaks
+    assert not np.array_equal(a.masks, b.masks) and sorted(a.masks.sum((1, 2))) != sorted(b.masks.sum((1, 2)))
+    for p, peaks in ((a, [(2, 3), (3, 12), (9, 7)]), (b, [(8, 2), (9, 13), (2, 8)])):
+        covered = p.masks[:-1].any(0)  # every region but the whole image
+        assert not covered.all() and all(covered[r, c] for r, c in peaks)
+    assert len(a.points) == 19 and a.cells_kept == pytest.approx(19 / 192)  # the top tenth, not all 192 cells
+    # taken literally (uncapped), N_min selects every cell: both maps give the same point set, and regions that
+    # differ only by how the k-means ties of the full grid are broken (the same region sizes), whatever alpha is
+    lit = Settings(detector="none", n_min_fraction=None)
+    a_all, b_all = propose(IMAGE, _peaked_map([(2, 3)]), lit, True), propose(IMAGE, _peaked_map([(9, 13)]), lit, True)
+    assert a_all.cells_kept == 1.0 and b_all.cells_kept == 1.0
+    np.testing.assert_array_equal(np.unique(a_all.points, axis=0), np.unique(b_all.points, axis=0))
+    assert sorted(a_all.masks.sum((1, 2))) == sorted(b_all.masks.sum((1, 2)))
+
+
+def test_fallback_summary_and_the_every_cell_warning(caplog):
+    fine = propose(IMAGE, _peaked_map([(2, 3), (9, 12)]), Settings(detector="none"), True)
+    every = propose(IMAGE, _peaked_map([(2, 3)]), Settings(detector="none", n_min_fraction=None), True)
+    whole = propose(IMAGE, _peaked_map([(2, 3)]), Settings(), False)
+    f = fallback_summary([fine, None, every])
+    assert f == {"images": 2, "fallback": 2, "fraction": 1.0, "cells_kept_mean": round((19 / 192 + 1) / 2, 4),
+                 "cells_mean": (19 + 192) / 2, "all_cells": 1}
+    assert fallback_summary([whole, None]) is None  # no salient points were computed: nothing to report
+    d = SimpleNamespace(db_props=[fine, fine], q_props=[whole], pca_props=None)
+    with caplog.at_level(logging.INFO, logger="lit_retrieval.salient.pipeline"):
+        out = report_fallback(d, Settings())
+    assert out["db"]["cells_kept_mean"] == round(19 / 192, 4) and out["query"] is None and out["pca"] is None
+    assert "took the largest alpha cells" in caplog.text and "every cell" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lit_retrieval.salient.pipeline"):
+        out = report_fallback(SimpleNamespace(db_props=[every], q_props=[], pca_props=[fine]),
+                              Settings(n_min_fraction=None))
+    assert out["db"]["all_cells"] == 1 and out["pca"]["all_cells"] == 0
+    assert "selected every cell of alpha" in caplog.text and "n_min_fraction=None" in caplog.text

@@ -8,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_retrieval.salient.keypoints import DEFAULT_HESSIAN_THRESHOLD, hessian_affine_keypoints, salient_points
+from lit_retrieval.salient.keypoints import (
+    DEFAULT_HESSIAN_THRESHOLD,
+    fallback_count,
+    hessian_affine_keypoints,
+    salient_points,
+)
 
 IMAGENET = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 
@@ -82,11 +87,12 @@ def _cell_centres(cells: np.ndarray, alpha_hw: tuple[int, int], hw: tuple[int, i
 
 
 def test_fallback_returns_centres_of_the_n_min_largest_alpha_cells():
+    # n_min_fraction=None: the paper's N_min taken literally (here 20 of 35 cells)
     g = torch.Generator().manual_seed(0)
     alpha = torch.rand(5, 7, generator=g)
     hw = (20, 30)
     kp = torch.rand(19, 2, generator=g) * torch.tensor([29.0, 19.0])  # one fewer than n_min
-    pts, fallback = salient_points(alpha, hw, kp, n_max=100, n_min=20)
+    pts, fallback = salient_points(alpha, hw, kp, n_max=100, n_min=20, n_min_fraction=None)
     assert fallback is True
     assert pts.shape == (20, 2) and pts.dtype == torch.float32
     top = np.argsort(-alpha.numpy().ravel(), kind="stable")[:20]
@@ -97,29 +103,68 @@ def test_fallback_returns_centres_of_the_n_min_largest_alpha_cells():
     np.testing.assert_array_equal(np.sort(alpha.numpy()[r, c]), np.sort(alpha.numpy().ravel())[-20:])
     # with exactly n_min keypoints there is no fallback
     kp20 = torch.cat([kp, kp[:1]])
-    pts20, fallback20 = salient_points(alpha, hw, kp20, n_max=100, n_min=20)
+    pts20, fallback20 = salient_points(alpha, hw, kp20, n_max=100, n_min=20, n_min_fraction=None)
     assert fallback20 is False and pts20.shape == (20, 2)
-    # more wanted than there are cells: every cell, by descending alpha
-    every, _ = salient_points(alpha, hw, None, n_max=100, n_min=50)
+    # more wanted than there are cells, uncapped: every cell, by descending alpha
+    every, _ = salient_points(alpha, hw, None, n_max=100, n_min=50, n_min_fraction=None)
     assert every.shape == (35, 2)
+    # by default the fallback keeps a tenth of the cells: round(3.5) = 4 of them, the 4 largest
+    capped, _ = salient_points(alpha, hw, kp, n_max=100, n_min=20)
+    np.testing.assert_allclose(capped.numpy(), _cell_centres(top[:4], (5, 7), hw), atol=1e-5)
 
 
 def test_fallback_ties_follow_raster_order():
     alpha = torch.zeros(3, 4)
     alpha[1, 2] = 1.0
-    pts, fallback = salient_points(alpha, (3, 4), None, n_max=5, n_min=4)
+    pts, fallback = salient_points(alpha, (3, 4), None, n_max=5, n_min=4, n_min_fraction=None)
     assert fallback  # cells are pixels here (same size): centres at the integer pixel positions
     assert torch.equal(pts, torch.tensor([[2.0, 1.0], [0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]))
 
 
 def test_no_keypoints_uses_fallback():
     alpha = torch.rand(6, 6, generator=torch.Generator().manual_seed(1))
-    pts_none, fb_none = salient_points(alpha, (24, 24), None, n_max=40, n_min=10)
-    pts_empty, fb_empty = salient_points(alpha, (24, 24), torch.empty(0, 2), n_max=40, n_min=10)
+    pts_none, fb_none = salient_points(alpha, (24, 24), None, n_max=40, n_min=10, n_min_fraction=None)
+    pts_empty, fb_empty = salient_points(alpha, (24, 24), torch.empty(0, 2), n_max=40, n_min=10, n_min_fraction=None)
     assert fb_none and fb_empty
     assert pts_none.shape == (10, 2) and torch.equal(pts_none, pts_empty)
     i, j = divmod(int(alpha.argmax()), 6)
     assert pts_none[0].tolist() == [j * 4 + 1.5, i * 4 + 1.5]  # the centre of alpha's largest cell
+
+
+def test_fallback_on_a_stride_32_map_keeps_only_the_largest_alpha_cells():
+    # a 384x512 image at stride 32: 12x16 = 192 cells, fewer than N_min = 300; 50 keypoints trigger the fallback
+    g = torch.Generator().manual_seed(3)
+    alpha = torch.rand(12, 16, generator=g)
+    hw = (384, 512)
+    kp = torch.rand(50, 2, generator=g) * torch.tensor([511.0, 383.0])
+    pts, fallback = salient_points(alpha, hw, kp)  # the paper's N_max = 4000, N_min = 300; the default cap
+    assert fallback is True
+    assert pts.shape == (19, 2)  # round(0.1 * 192), not all 192 cells
+    top = np.argsort(-alpha.numpy().ravel(), kind="stable")[:19]
+    np.testing.assert_allclose(pts.numpy(), _cell_centres(top, (12, 16), hw), atol=1e-4)
+    # each selected cell's alpha is at least every unselected one's
+    r, c = (pts[:, 1] / 32).long(), (pts[:, 0] / 32).long()
+    chosen = torch.zeros(12, 16, dtype=torch.bool)
+    chosen[r, c] = True
+    assert int(chosen.sum()) == 19 and alpha[chosen].min() >= alpha[~chosen].max()
+    # as few as 108 cells (9x12, e.g. 288x384): 11 of them
+    small, _ = salient_points(torch.rand(9, 12, generator=g), (288, 384), None)
+    assert small.shape == (11, 2)
+
+
+def test_fallback_count_keeps_n_min_on_fine_maps_and_a_fraction_on_coarse_ones():
+    assert fallback_count(64 * 48, 300) == 300  # the paper's VGG19 conv5 map of a 1024x768 image: N_min unchanged
+    assert fallback_count(3000, 300) == 300 and fallback_count(2990, 300) == 299
+    assert fallback_count(12 * 16, 300) == 19 and fallback_count(9 * 12, 300) == 11
+    assert fallback_count(12 * 16, 10) == 10  # a small N_min below the cap is kept
+    assert fallback_count(12 * 16, 300, n_min_fraction=0.25) == 48
+    assert fallback_count(12 * 16, 300, n_min_fraction=None) == 192  # uncapped: every cell
+    assert fallback_count(12 * 16, 300, n_min_fraction=1.0) == 192
+    assert fallback_count(2, 300) == 1 and fallback_count(1, 300) == 1  # never empty, below all cells from 2 on
+    assert fallback_count(192, 0) == 0
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="n_min_fraction must lie in"):
+            fallback_count(192, 300, bad)
 
 
 def test_salient_points_bad_inputs():

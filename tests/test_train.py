@@ -16,14 +16,16 @@ from lit_retrieval.training import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _overrides(root: Path, tiny: Path, *extra: str) -> list[str]:
+def _overrides(root: Path, tiny: Path, *extra: str, test: Path | None = None) -> list[str]:
     bench = f"{{kind: revisited, root: '{tiny}', name: tiny}}"
+    tests = f"{{tinytest: {{kind: revisited, root: '{test}', name: tinytest}}}}" if test else "{}"
     return [f"paths.root_dir={root}", f"paths.log_dir={root}/logs", f"paths.cache_dir={root}/cache",
             "experiment=quickstart", "logger=csv", "trainer.max_epochs=3", "image_size=128",
             "data.embedded.n_classes=3", "data.embedded.n_train=4", "data.embedded.n_val=2", "data.crop=64",
             "data.min_side=72", "data.jitter=8", "data.batch_size=4", "model.scales=3", "model.train_scales=2",
             "~model.whitening.dataset", f"+model.whitening.dataset={bench}", "model.whitening.dims=64",
             "~callbacks.retrieval_eval.datasets", f"+callbacks.retrieval_eval.datasets={{tiny: {bench}}}",
+            "~callbacks.retrieval_eval.test_datasets", f"+callbacks.retrieval_eval.test_datasets={tests}",
             "~callbacks.attention_viz.dataset", f"+callbacks.attention_viz.dataset={bench}",
             "callbacks.attention_viz.n_images=2", "monitor=retrieval/tiny/regional_attention/mAP_M", *extra]
 
@@ -38,9 +40,9 @@ def _attention(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if k.startswith("net.attention.")}
 
 
-def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny):
+def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test):
     out = tmp_path / "run"
-    res = train(_cfg(out, _overrides(tmp_path, tiny)))
+    res = train(_cfg(out, _overrides(tmp_path, tiny, test=tiny_test)))
     assert res["global_step"] == 9 and res["epochs"] == 3  # 12 images, batches of 4
     assert Path(res["best_checkpoint"]) == out / "checkpoints" / "best.ckpt"
     assert (out / "checkpoints" / "last.ckpt").is_file()
@@ -57,15 +59,35 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny):
         assert (out / "plots" / f).stat().st_size > 1000
     assert list((out / "csv").rglob("metrics.csv"))
 
-    # eval.py reads the best checkpoint like any other method
+    # the held-out test benchmark: evaluated once, on the selected checkpoint, with paired differences
+    test = res["test"]
+    assert test["checkpoint"] == res["best_checkpoint"]
+    assert {k.split("/")[3] for k in test["metrics"]} == {"regional_attention", "rmac_uniform", "rmac", "gem"}
+    assert all(k.startswith("test/retrieval/tinytest/") for k in test["metrics"])
+    diff = test["differences"]["tinytest/regional_attention - rmac_uniform"]["medium"]
+    assert diff["ci95"][0] <= diff["diff"] <= diff["ci95"][1]
+    assert not any(k.startswith("test/") for h in json.loads((out / "retrieval.json").read_text())["history"]
+                   for k in h)  # the selection never saw a test number
+    assert res["overlap"]["training data vs test tinytest"]["overlap"] == 0
+    assert res["overlap"]["val tiny vs test tinytest"]["overlap"] == 0
+
+    # eval.py reads the best checkpoint like any other method; its whitening was learned on tiny (the validation
+    # benchmark here), so evaluating it on tiny is refused unless asked for
+    from lit_retrieval.data.provenance import LeakageError
     from lit_retrieval.evaluate import run_eval
 
+    def eval_overrides(*extra):
+        return [f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", "num_workers=0",
+                "method=regional_attention", f"ckpt_path={out}/checkpoints/best.ckpt", "dataset=revisited",
+                f"dataset.root={tiny}", "dataset.name=tiny", "backbone=efficientnet_lite0", "image_size=128", *extra]
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        ecfg = compose("eval", overrides=[
-            f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", "num_workers=0",
-            "method=regional_attention", f"ckpt_path={out}/checkpoints/best.ckpt", "dataset=revisited",
-            f"dataset.root={tiny}", "dataset.name=tiny", "backbone=efficientnet_lite0", "image_size=128"])
+        refused = compose("eval", overrides=eval_overrides())
+        ecfg = compose("eval", overrides=eval_overrides("allow_overlap=true"))
+    with pytest.raises(LeakageError, match="regional_attention_whitening"):
+        run_eval(refused, tmp_path / "refused")
     ev = run_eval(ecfg, tmp_path / "eval")
+    assert ev["learned"]["regional_attention_whitening"]["transductive"]
     best_epoch = [h for h in json.loads((out / "retrieval.json").read_text())["history"]
                   if abs(h["retrieval/tiny/regional_attention/mAP_M"] - res["monitor_value"]) < 1e-4][0]
     for p, name in (("E", "easy"), ("M", "medium"), ("H", "hard")):

@@ -19,7 +19,9 @@ from . import pooling
 from .atomic import atomic_json
 from .backbones import Backbone, build_backbone
 from .data import RetrievalDataset, load_dataset, whitening_pairs
-from .metrics import REVISITED_PROTOCOLS, evaluate_ranks, revisited_protocol
+from .data.provenance import LearnedSets, is_transductive, set_cache_dir
+from .metrics import (REVISITED_PROTOCOLS, compare, evaluate_ranks, format_ci, format_diff, revisited_protocol,
+                      uncertainty)
 from .regions import rmac_grid
 from .retrieval import DescriptorCache, build_method, dataset_items, expand_queries, extract, search
 from .rerank.pipeline import check_config as check_rerank_config
@@ -84,19 +86,33 @@ class DescriptorExtractor:
                        device=self.cfg.device)
 
 
-def learn_whitening(cfg: DictConfig, db_desc: np.ndarray, extractor: DescriptorExtractor) -> Whitening | None:
-    """Learn PCA (database descriptors) or Lw (query/positive pairs) whitening on ``cfg.whitening.dataset``."""
+def whitening_set(cfg: DictConfig, learned: LearnedSets) -> tuple[RetrievalDataset | None, dict[str, Any]]:
+    """The dataset ``cfg.whitening`` is learned on (``None``: the evaluated database, transductive) and its record,
+    checked by content against the evaluated images before any descriptor is extracted."""
     wcfg = cfg.whitening
     if wcfg.kind == "none":
-        return None
-    source = wcfg.dataset
-    if source.kind == "same":
+        return None, {"kind": "none"}
+    head = {"kind": str(wcfg.kind), "dims": wcfg.dims}
+    if is_transductive(wcfg.dataset):
         if wcfg.kind == "lw":
             raise ValueError("whitening=lw learns from the matching pairs of another dataset's ground truth: set "
                              "whitening.dataset to a training dataset (learning it on the evaluated one is cheating)")
-        log.info("learning %s whitening on the evaluated database (%d images)", wcfg.kind, len(db_desc))
+        return None, {**head, **learned.transductive("whitening", "whitening.dataset")}
+    wdata = load_dataset(wcfg.dataset)
+    return wdata, {**head, **learned.check_dataset("whitening", wdata, "whitening.dataset",
+                                                   parts=("db",) if wcfg.kind == "pca" else ("db", "query"))}
+
+
+def learn_whitening(cfg: DictConfig, db_desc: np.ndarray, extractor: DescriptorExtractor,
+                    wdata: RetrievalDataset | None) -> Whitening | None:
+    """Learn PCA (database descriptors) or Lw (query/positive pairs) whitening on ``wdata`` (from
+    :func:`whitening_set`; ``None``: PCA on the evaluated database ``db_desc``)."""
+    wcfg = cfg.whitening
+    if wcfg.kind == "none":
+        return None
+    if wdata is None:
+        log.info("learning %s whitening on the evaluated database (%d images: transductive)", wcfg.kind, len(db_desc))
         return Whitening.learn(db_desc, "pca", dims=wcfg.dims)
-    wdata = load_dataset(source)
     X, _ = extractor(wdata, "db")
     if wcfg.kind == "pca":
         log.info("learning PCA whitening on %s (%d images)", wdata.name, len(X))
@@ -107,10 +123,14 @@ def learn_whitening(cfg: DictConfig, db_desc: np.ndarray, extractor: DescriptorE
     return Whitening.learn(np.concatenate([X, Q]), "lw", pairs=(len(X) + qi, pi), dims=wcfg.dims)
 
 
-def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int) -> tuple[Whitening, dict[str, Any]]:
+def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int,
+                           learned: LearnedSets | None = None) -> tuple[Whitening, dict[str, Any]]:
     """PCA-whitening of L2-normalised R-MAC regional vectors of ``method.region_whitening.dataset``'s database
-    (Tolias et al.: learned on another dataset than the evaluated one). Returns it and its cache-key entry."""
+    (Tolias et al.: learned on another dataset than the evaluated one, checked by content when ``learned`` is
+    given). Returns it and its cache-key entry."""
     data = load_dataset(cfg.method.region_whitening.dataset)
+    if learned is not None:
+        learned.check_dataset("region_whitening", data, "method.region_whitening.dataset")
 
     def vectors(x: torch.Tensor) -> torch.Tensor:
         fmap = backbone(x)
@@ -125,6 +145,15 @@ def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int) -> tuple
     return white, key
 
 
+def check_method_learned(method: torch.nn.Module, learned: LearnedSets, allow_overlap: bool = False) -> None:
+    """A trained method (e.g. regional attention from its checkpoint) says what its learned parts saw
+    (``learned_content()``: component -> ContentSet); each is checked against the evaluated images (refused, or
+    warned with ``allow_overlap``)."""
+    for component, content in getattr(method, "learned_content", lambda: {})().items():
+        learned.check(component, content, "the checkpoint's training configuration (retrain with a set disjoint "
+                      "from the evaluated one)", transductive=allow_overlap, opt_in="allow_overlap=true")
+
+
 def protocol_gnd(dataset: RetrievalDataset) -> dict[str, list[dict]]:
     if dataset.protocol == "revisited":
         return {p: revisited_protocol(dataset.gnd, p) for p in REVISITED_PROTOCOLS}
@@ -132,32 +161,45 @@ def protocol_gnd(dataset: RetrievalDataset) -> dict[str, list[dict]]:
 
 
 def format_table(results: dict[str, Any]) -> str:
+    """The printed summary: mAP with its 95% bootstrap interval over queries, mP@k, what was learned on what, and
+    each stage's paired difference to the first (baseline) stage."""
     head = f"{results['method']} on {results['dataset']} ({results['backbone']}, image_size {results['image_size']})"
-    lines = [head, f"{'protocol':<10}{'mAP':>8}{'mP@1':>8}{'mP@5':>8}{'mP@10':>8}"]
+    lines = [head, f"{'protocol':<10}{'mAP [95% CI]':>22}{'mP@1':>8}{'mP@5':>8}{'mP@10':>8}"]
     for proto, m in results["map"].items():
         pk = results["mpk"][proto]
-        lines.append(f"{proto:<10}{m:8.2f}" + "".join(f"{pk.get(str(k), float('nan')):8.2f}" for k in (1, 5, 10)))
+        ci = results.get("map_ci95", {}).get(proto)
+        lines.append(f"{proto:<10}{format_ci(m, ci):>22}" +
+                     "".join(f"{pk.get(str(k), float('nan')):8.2f}" for k in (1, 5, 10)))
     for stage, maps in results.get("stages", {}).items():
-        lines.append(f"mAP after {stage + ':':<14}" + "  ".join(f"{p} {v:.2f}" for p, v in maps.items()))
+        cis = results.get("stages_ci95", {}).get(stage, {})
+        lines.append(f"mAP after {stage + ':':<14}" + "  ".join(f"{p} {format_ci(v, cis.get(p))}"
+                                                              for p, v in maps.items()))
+    for pair, diffs in results.get("stage_differences", {}).items():
+        lines.append(f"{pair + ':':<24}" + "  ".join(f"{p} {format_diff(c)}" for p, c in diffs.items()))
+    for component, rec in results.get("learned", {}).items():
+        lines.append(f"{component} learned on {rec['dataset']} ({rec['n_images']} images, overlap with the "
+                     f"evaluated images {rec['overlap']}{', transductive' if rec.get('transductive') else ''})")
     return "\n".join(lines)
 
 
 def _run_global(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, out_dir: Path,
-                t0: float) -> dict[str, Any]:
+                t0: float, learned: LearnedSets) -> dict[str, Any]:
     """Global-descriptor methods: extract -> (whitening) -> search -> (QE) -> (AML re-ranking)."""
     params = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k not in ("name", "region_whitening")}
     if cfg.method.name == "rmac" and cfg.method.get("variant") == "tolias":
         params["region_whitening"], params["region_whitening_key"] = learn_region_whitening(
-            cfg, backbone, int(cfg.method.L))
+            cfg, backbone, int(cfg.method.L), learned)
     if cfg.get("ckpt_path"):  # learned methods (e.g. method=regional_attention) read their checkpoint
         params["ckpt_path"] = str(cfg.ckpt_path)
     method = build_method(cfg.method.name, backbone, **params).to(cfg.device).eval()
+    check_method_learned(method, learned, bool(cfg.get("allow_overlap", False)))
+    wdata, whitening = whitening_set(cfg, learned)  # checked before any work
     extractor = DescriptorExtractor(cfg, backbone, method)
     db, db_skipped = extractor(dataset, "db")
     q, q_skipped = extractor(dataset, "query")
     t_extract = time.perf_counter() - t0
 
-    white = learn_whitening(cfg, db, extractor)
+    white = learn_whitening(cfg, db, extractor, wdata)
     if white is not None:
         white.save(out_dir / "whitening.npz")
         db, q = white(db), white(q)
@@ -184,12 +226,13 @@ def _run_global(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, 
         ranks = list(stages.values())[-1]
 
     return {"ranks": ranks, "stages": stages, "rerank": rerank, "db_skipped": db_skipped, "q_skipped": q_skipped,
-            "t_extract": t_extract, "t_search": t_search}
+            "t_extract": t_extract, "t_search": t_search, "whitening": whitening}
 
 
-def _run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float) -> dict[str, Any]:
+def _run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float,
+                 learned: LearnedSets) -> dict[str, Any]:
     """``method=salient_regions`` (Jeong et al.): region proposals, region descriptors, region matching, (QE)."""
-    out = run_salient(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device))
+    out = run_salient(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), learned)
     d = out["described"]
     return {"ranks": out["ranks"], "stages": out["stages"] if len(out["stages"]) > 1 else {},
             "db_skipped": [i for i, p in enumerate(d.db_props) if p is None],
@@ -198,19 +241,21 @@ def _run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone,
             "t_search": out["info"]["time_s"]["search_per_query"] * dataset.n_queries}
 
 
-def _run_local(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float) -> dict[str, Any]:
+def _run_local(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float,
+               learned: LearnedSets) -> dict[str, Any]:
     """``method=local_similarity`` (Chen et al.): R-MAC shortlist, localization subnet on feature grids, fusion."""
     base_key = {"backbone": backbone.name, "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed))}
-    out = run_local(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key)
+    out = run_local(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key, learned)
     info = out["info"]
     return {**out, "local": out, "t_extract": info["time_s"]["describe"],
             "t_search": time.perf_counter() - t0 - info["time_s"]["describe"]}
 
 
-def _run_d2r(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float) -> dict[str, Any]:
+def _run_d2r(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float,
+             learned: LearnedSets) -> dict[str, Any]:
     """``method=d2r`` (Teichmann et al.): detected regions, aggregated match kernels, inverted-file search."""
     base_key = {"backbone": backbone.name, "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed))}
-    out = run_d2r(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key)
+    out = run_d2r(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key, learned)
     t_search = out["info"]["time_s"]["search"]
     return {**out, "d2r": out, "t_extract": time.perf_counter() - t0 - t_search, "t_search": t_search}
 
@@ -226,16 +271,17 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
+    learned = LearnedSets(dataset, set_cache_dir(Path(str(cfg.paths.cache_dir)) / "content"))
     backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
     backbone.to(cfg.device)
     if cfg.method.name == "salient_regions":
-        run = _run_salient(cfg, dataset, backbone, t0)
+        run = _run_salient(cfg, dataset, backbone, t0, learned)
     elif cfg.method.name == "local_similarity":
-        run = _run_local(cfg, dataset, backbone, t0)
+        run = _run_local(cfg, dataset, backbone, t0, learned)
     elif cfg.method.name == "d2r":
-        run = _run_d2r(cfg, dataset, backbone, t0)
+        run = _run_d2r(cfg, dataset, backbone, t0, learned)
     else:
-        run = _run_global(cfg, dataset, backbone, out_dir, t0)
+        run = _run_global(cfg, dataset, backbone, out_dir, t0, learned)
     ranks, stages, rerank, salient = run["ranks"], run["stages"], run.get("rerank"), run.get("salient")
     local, d2r = run.get("local"), run.get("d2r")
     db_skipped, q_skipped, t_extract, t_search = run["db_skipped"], run["q_skipped"], run["t_extract"], run["t_search"]
@@ -250,11 +296,12 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "image_size": cfg.image_size,
         "scales": [float(s) for s in cfg.scales],
         "ckpt_path": cfg.get("ckpt_path"),
-        "whitening": cfg.whitening.kind,
+        "whitening": run.get("whitening", {"kind": str(cfg.whitening.kind)}),
         "qe": OmegaConf.to_container(cfg.qe),
         "protocol": dataset.protocol,
         "map": {p: round(float(m["map"]), 4) for p, m in metrics.items()},
         "mpk": {p: {str(kk): round(float(v), 4) for kk, v in m["mpk"].items()} for p, m in metrics.items()},
+        **uncertainty(metrics),
         "n_db": dataset.n_db,
         "n_queries": dataset.n_queries,
         "skipped_images": {"db": [str(dataset.db_paths[i]) for i in db_skipped],
@@ -270,10 +317,15 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         results["local_similarity"] = local["info"]
     if d2r is not None:
         results["d2r"] = d2r["info"]
+    results["learned"] = learned.records
     if stages:
-        results["stages"] = {name: {p: round(float(m["map"]), 4) for p, m in
-                                    evaluate_ranks(r.T, dataset.gnd, dataset.protocol).items()}
-                             for name, r in stages.items()}
+        stage_metrics = {name: evaluate_ranks(r.T, dataset.gnd, dataset.protocol) for name, r in stages.items()}
+        results["stages"] = {name: {p: round(float(m["map"]), 4) for p, m in sm.items()}
+                             for name, sm in stage_metrics.items()}
+        results["stages_ci95"] = {name: uncertainty(sm)["map_ci95"] for name, sm in stage_metrics.items()}
+        first = next(iter(stage_metrics))  # every method lists its baseline stage first
+        results["stage_differences"] = {f"{name} - {first}": compare(sm, stage_metrics[first])
+                                        for name, sm in list(stage_metrics.items())[1:]}
     if results["skipped_images"]["count"]:
         log.warning("%d unreadable images were skipped (listed in results.json under skipped_images)",
                     results["skipped_images"]["count"])

@@ -14,7 +14,7 @@ lists, and the classic protocol (``ok``/``junk``) is used as is.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -99,3 +99,84 @@ def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[dict], protocol: str = "revi
         out[name] = {"map": 100 * m, "mpk": dict(zip(kappas, (100 * np.asarray(mpk)).tolist())),
                      "aps": aps, "prs": prs}
     return out
+
+
+# -- uncertainty: bootstrap over queries ----------------------------------------------------------------------------
+
+N_BOOTSTRAP = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def _resample_means(values: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Means of ``n`` seeded resamples (with replacement) of the rows of ``values`` (``nq`` or ``nq × m``)."""
+    nq = len(values)
+    idx = np.random.default_rng(seed).integers(0, nq, size=(n, nq))
+    return values[idx].mean(axis=1)
+
+
+def bootstrap_ci(aps: Sequence[float], n: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-query APs (queries resampled with replacement).
+
+    NaN APs (queries without positives) are left out, as in the mean itself. Same units as ``aps``. Returns
+    ``(nan, nan)`` when no query has positives."""
+    a = np.asarray(aps, dtype=np.float64)
+    a = a[~np.isnan(a)]
+    if a.size == 0:
+        return float("nan"), float("nan")
+    means = _resample_means(a, n, seed)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_bootstrap(aps_a: Sequence[float], aps_b: Sequence[float], n: int = N_BOOTSTRAP,
+                     seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> dict[str, Any]:
+    """Paired bootstrap of ``mean(a) - mean(b)`` over the same queries: the queries are resampled together, so the
+    interval reflects how consistently one ranking beats the other, not the spread of the queries' difficulty.
+
+    Returns ``{"diff", "ci95": [lo, hi], "within_noise"}`` (``within_noise``: the interval contains 0). Queries
+    with NaN AP in either ranking are left out."""
+    a, b = np.asarray(aps_a, dtype=np.float64), np.asarray(aps_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_bootstrap needs the APs of the same queries: got {a.shape} and {b.shape}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = a[keep] - b[keep]
+    if d.size == 0:
+        return {"diff": float("nan"), "ci95": [float("nan"), float("nan")], "within_noise": True}
+    means = _resample_means(d, n, seed)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": float(d.mean()), "ci95": [float(lo), float(hi)], "within_noise": bool(lo <= 0 <= hi)}
+
+
+def uncertainty(metrics: dict, digits: int = 4) -> dict[str, Any]:
+    """``ap_per_query`` (percent, ``null`` for queries without positives) and ``map_ci95`` per protocol of an
+    :func:`evaluate_ranks` result, as written to ``results.json``."""
+    def r(v: float) -> float | None:
+        return None if np.isnan(v) else round(float(v), digits)
+
+    return {"ap_per_query": {p: [r(100 * v) for v in m["aps"]] for p, m in metrics.items()},
+            "map_ci95": {p: [r(100 * v) for v in bootstrap_ci(m["aps"])] for p, m in metrics.items()}}
+
+
+def compare(metrics_a: dict, metrics_b: dict, digits: int = 4) -> dict[str, dict[str, Any]]:
+    """Per protocol, the paired bootstrap interval (percent) of mAP(a) - mAP(b) on the same queries."""
+    out = {}
+    for p in metrics_a:
+        c = paired_bootstrap(metrics_a[p]["aps"], metrics_b[p]["aps"])
+        out[p] = {"diff": round(100 * c["diff"], digits), "ci95": [round(100 * v, digits) for v in c["ci95"]],
+                  "within_noise": c["within_noise"]}
+    return out
+
+
+def format_ci(value: float, ci: Sequence[float | None]) -> str:
+    """``"44.24 [38.1, 50.2]"``."""
+    if ci is None or ci[0] is None or ci[1] is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+
+
+def format_diff(c: dict[str, Any]) -> str:
+    """``"+3.10 [+0.4, +5.9]"`` or ``"-0.80 [-2.1, +0.6] within noise"``."""
+    lo, hi = c["ci95"]
+    s = f"{c['diff']:+.2f} [{lo:+.1f}, {hi:+.1f}]"
+    return s + (" within noise" if c["within_noise"] else "")

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_json
+from .callbacks.retrieval_eval import RetrievalEvaluation
 from .loggers import build_loggers, log_hyperparams
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,12 @@ def check_monitor(cfg: DictConfig) -> None:
     monitor = str(cfg.get("monitor") or "")
     if not monitor.startswith("retrieval/") or monitor.count("/") < 3:
         return
-    dataset = monitor.split("/")[1]
     r = (cfg.get("callbacks") or {}).get("retrieval_eval")
+    dataset = monitor.split("/")[1]
+    if monitor.startswith("test/") or (r is not None and (r.get("test_datasets") or {}).get(dataset) is not None):
+        raise ValueError(f"monitor={monitor} names a test benchmark: test benchmarks are reported on the selected "
+                         "checkpoint and never used to select it. Fix: monitor a validation benchmark "
+                         "(callbacks.retrieval_eval.datasets), e.g. retrieval/<validation dataset>/<method>/mAP_M")
     if r is None or not r.get("enabled", True) or (r.get("datasets") or {}).get(dataset) is None:
         raise ValueError(f"monitor={monitor} is a retrieval metric, but callbacks.retrieval_eval does not evaluate "
                          f"dataset {dataset!r} (disabled or not among its datasets), so checkpoints/best.ckpt could "
@@ -71,6 +76,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = next((c for c in ckpts if getattr(c, "monitor", None)), None)
     last = next((c for c in ckpts if not getattr(c, "monitor", None)), None)
     best = ckpt.best_model_score if ckpt is not None else None
+    retrieval = next((c for c in callbacks if isinstance(c, RetrievalEvaluation)), None)
+    tested_on = None
+    if retrieval is not None and retrieval.enabled and retrieval.test_cfgs:
+        # the held-out test benchmarks, once, on the checkpoint the validation benchmarks selected
+        tested_on = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+        if tested_on is None:
+            log.warning("no best checkpoint (no monitored metric): the test benchmarks are evaluated on the "
+                        "final weights")
+        with retrieval.testing():
+            trainer.validate(model, datamodule=datamodule, ckpt_path=tested_on, verbose=False)
     results = {
         "task": "train",
         "monitor": cfg.get("monitor"),
@@ -81,6 +96,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "global_step": trainer.global_step,
         "metrics": dict(sorted(metrics.items())),
     }
+    if retrieval is not None:
+        results["test"] = {"checkpoint": tested_on, "metrics": dict(sorted(retrieval.test.items())),
+                           "differences": retrieval.test_differences}
+        results["overlap"] = retrieval.provenance
     if trainer.is_global_zero:
         atomic_json(results, out_dir / "results.json")
     log.info("training done: best %s = %s (%s)", results["monitor"], results["monitor_value"],

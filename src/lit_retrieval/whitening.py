@@ -34,8 +34,13 @@ def _cholesky(S: np.ndarray) -> np.ndarray:
                 raise ValueError("whitening: pair-difference covariance cannot be made positive definite")
 
 
+RANK_TOL = 1e-9  # PCA components with a smaller variance than this fraction of the largest carry no signal
+
+
 def pca_whiten_learn(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """PCA-whitening of rows ``X`` (N×D): returns mean ``m`` (D,) and ``P = diag(λ^-1/2) Vᵀ`` (D×D)."""
+    """PCA-whitening of rows ``X`` (N×D): returns mean ``m`` (D,) and ``P = diag(λ^-1/2) Vᵀ`` (r×D), ``r`` the
+    number of components with non-zero variance (``D`` when ``N > D`` and the rows are in general position,
+    at most ``N - 1``)."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] < 2:
         raise ValueError(f"pca_whiten_learn needs an N×D matrix with N >= 2 descriptors, got shape {X.shape}")
@@ -44,8 +49,10 @@ def pca_whiten_learn(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cov = Xc.T @ Xc
     cov = (cov + cov.T) / (2 * X.shape[0])
     val, vec = _eig_desc(cov)
-    val = np.maximum(val, np.finfo(np.float64).eps * max(val[0], 1e-300))
-    return m, (vec / np.sqrt(val)).T
+    # Only the directions the descriptors span: with N <= D the rest have (numerically) zero variance, and scaling
+    # them by λ^-1/2 would blow up whatever a new image has outside the learning set's span (its noise).
+    r = max(1, min(int((val > RANK_TOL * max(val[0], 1e-300)).sum()), X.shape[0] - 1))
+    return m, (vec[:, :r] / np.sqrt(val[:r])).T
 
 
 def pca_basis(X: np.ndarray, k: int) -> np.ndarray:
@@ -104,7 +111,9 @@ class Whitening:
         else:
             raise ValueError(f"unknown whitening {kind!r}: choose 'pca' or 'lw'")
         if dims is not None and not 0 < dims <= P.shape[0]:
-            raise ValueError(f"whitening dims={dims} must be in [1, {P.shape[0]}]")
+            raise ValueError(f"whitening dims={dims} must be in [1, {P.shape[0]}] (the learned whitening has "
+                             f"{P.shape[0]} components for {P.shape[1]}-d descriptors learned from {len(X)}: reduce "
+                             "dims or learn it on more images)")
         return cls(m=m, P=P, kind=kind, dims=dims)
 
     def __call__(self, X):

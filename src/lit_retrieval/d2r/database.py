@@ -20,10 +20,24 @@ boxes) by :func:`encode_image`, and indexed by :class:`Database`: ASMK-type item
 item scores by max or mean, vectorised over all images.
 
 Conventions (see :mod:`.kernels`): an item that shares no visual word with the query, or an empty one, scores 0 (the
-released DELF code gives −1 to a pair with an empty side); ``normalize`` applies ``γ(X)·γ(Y)`` of eq. 1 to the
-ASMK-type kernels (default, the paper's eq. 1; ``normalize=False`` reproduces the released DELF configuration, which
-applies no ``√(n₁n₂)`` normalisation). VLAD vectors carry their ``γ`` inside (L2-normalised, eq. 1 with
-``σ(u) = u``), so ``normalize`` does not change VLAD-type scores.
+released DELF code gives −1 to a pair with an empty side). ``normalize`` (:data:`NORMALIZATIONS`) says where the
+image normalisation ``γ(X)·γ(Y)`` of eq. 1 (``= 1/√(M_X·M_Y)`` for unit or binary words) multiplies the ASMK-type
+scores (:func:`uses_gamma`):
+
+- ``paper`` (default): as the paper writes each kernel. Eq. 1 (with ``γ``) for ASMK / ASMK* on whole images and
+  for every stored region of regional search (eqs. 3-4 pool eq.-1 kernels); **no** ``γ`` for R-ASMK / R-ASMK*
+  (eq. 9 is the plain sum of ``σ`` over the per-word normalised residuals ``V̂_R``); Naive-R-ASMK is eq. 6 (the
+  query's ``γ(X)``, the regions' ``γ(Y^(r))/R`` inside the stored vectors). This is also how DELF's
+  ``aggregation_config.proto`` says to set ``use_l2_normalization``: true for the vanilla kernels, false for the
+  regional ones, i.e. its released ``index_aggregation_config.pbtxt`` for R-ASMK*.
+- ``delf``: the released index configuration (``use_l2_normalization: false``, the one ``perform_retrieval.py``
+  scores with) applied to every comparison: no ``√(M₁M₂)`` for any kernel. Same R-ASMK(*) scores as ``paper``;
+  the whole-image ASMK(*) and regional search stages lose their ``γ``.
+- ``gamma``: ``γ(X)·γ(Y)`` on every ASMK-type kernel, R-ASMK(*) included (neither eq. 9 nor DELF).
+
+The booleans of earlier configurations still work: ``True`` is ``gamma`` (what it did), ``False`` is ``delf``.
+VLAD vectors carry their ``γ`` inside (L2-normalised, eq. 1 with ``σ(u) = u``; R-VLAD is eq. 8, not re-normalised),
+so ``normalize`` does not change VLAD-type scores.
 """
 from __future__ import annotations
 
@@ -44,6 +58,34 @@ _KERNELS_OF = {"none": KERNELS, "search_max": KERNELS, "search_avg": KERNELS, "r
 VARIANTS: tuple[tuple[str, str], ...] = tuple((k, a) for a in AGGREGATIONS for k in _KERNELS_OF[a])
 _KERNEL_NAMES = {"vlad": "VLAD", "asmk": "ASMK", "asmk_star": "ASMK*"}
 _ENCODERS = {"vlad": vlad, "asmk": asmk, "asmk_star": asmk_star}
+
+
+NORMALIZATIONS = ("paper", "delf", "gamma")
+_FROM_BOOL = {True: "gamma", False: "delf"}  # what normalize: true / false did before the named options
+
+
+def normalization(mode: str | bool) -> str:
+    """The named normalisation of ``mode`` (one of :data:`NORMALIZATIONS`; the booleans map to ``gamma`` / ``delf``,
+    their former meaning); a ``ValueError`` naming the options otherwise."""
+    if isinstance(mode, (bool, np.bool_)):
+        return _FROM_BOOL[bool(mode)]
+    name = str(mode).strip().lower()
+    if name in ("true", "false"):
+        return _FROM_BOOL[name == "true"]
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize={mode!r}: choose one of {NORMALIZATIONS} (paper: eq. 1 for ASMK(*) and "
+                         "regional search, eq. 9 without γ for R-ASMK(*); delf: no γ anywhere, the released DELF "
+                         "index config; gamma: γ of eq. 1 everywhere; true = gamma, false = delf)")
+    return name
+
+
+def uses_gamma(mode: str | bool, aggregation: str) -> bool:
+    """Whether ``γ(X)·γ(Y)`` of eq. 1 multiplies the ASMK-type scores of ``aggregation`` under ``mode`` (see the
+    module docstring): always for ``gamma``, never for ``delf``; for ``paper`` everywhere but R-ASMK(*) (eq. 9)."""
+    name = normalization(mode)
+    if name == "paper":
+        return aggregation != "r_asmk"
+    return name == "gamma"
 
 
 def check_variant(kernel: str, aggregation: str) -> None:
@@ -116,7 +158,7 @@ class Database:
     """
 
     def __init__(self, kernel: str, aggregation: str, offsets: np.ndarray, item_bytes: np.ndarray,
-                 ivf: InvertedFile | None = None, matrix: np.ndarray | None = None, normalize: bool = True,
+                 ivf: InvertedFile | None = None, matrix: np.ndarray | None = None, normalize: str | bool = "paper",
                  alpha: float = ALPHA, tau: float = TAU) -> None:
         check_variant(kernel, aggregation)
         self.kernel, self.aggregation = kernel, aggregation
@@ -125,15 +167,17 @@ class Database:
         self.item_image = np.repeat(np.arange(len(self.counts), dtype=np.int64), self.counts)
         self.item_bytes = np.asarray(item_bytes, dtype=np.int64)
         self.ivf, self.matrix = ivf, matrix
-        self.normalize, self.alpha, self.tau = bool(normalize), float(alpha), float(tau)
+        self.normalize, self.alpha, self.tau = normalization(normalize), float(alpha), float(tau)
+        self.gamma = uses_gamma(self.normalize, aggregation)  # γ(X)·γ(Y) on the ASMK-type scores
 
     # ---------------------------------------------------------------------------------------------- construction
     @classmethod
     def build(cls, items_per_image: Sequence[Sequence[Representation]], kernel: str, aggregation: str,
-              normalize: bool = True, alpha: float = ALPHA, tau: float = TAU) -> "Database":
+              normalize: str | bool = "paper", alpha: float = ALPHA, tau: float = TAU) -> "Database":
         """Index the items of every image (as given by :func:`encode_image`): one item per image for ``none`` and the
         ``r_*`` aggregations, at least one for ``search_*``. ASMK-type items go into one inverted file over all
-        items, VLAD-type items into one ``n_items×K·D`` float32 matrix."""
+        items (scored with ``γ`` as :func:`uses_gamma` says for ``normalize``), VLAD-type items into one
+        ``n_items×K·D`` float32 matrix."""
         check_variant(kernel, aggregation)
         if len(items_per_image) == 0:
             raise ValueError("a database needs at least one image")
@@ -158,12 +202,13 @@ class Database:
         if not all(isinstance(it, Aggregated) and it.binary == binary for it in items):
             raise ValueError(f"kernel {kernel!r} needs {'binary' if binary else 'float'} Aggregated items "
                              f"({'asmk_star / r_asmk_star' if binary else 'asmk / naive_r_asmk / r_asmk'})")
-        ivf = InvertedFile.build(items, alpha=alpha, tau=tau, normalize=normalize)
+        ivf = InvertedFile.build(items, alpha=alpha, tau=tau, normalize=uses_gamma(normalize, aggregation))
         return cls(kernel, aggregation, offsets, item_bytes, ivf=ivf, normalize=normalize, alpha=alpha, tau=tau)
 
     @classmethod
     def from_regions(cls, regions_per_image: Sequence[Sequence[np.ndarray]], centroids: np.ndarray, kernel: str,
-                     aggregation: str, normalize: bool = True, alpha: float = ALPHA, tau: float = TAU) -> "Database":
+                     aggregation: str, normalize: str | bool = "paper", alpha: float = ALPHA,
+                     tau: float = TAU) -> "Database":
         """:func:`encode_image` every image's regions (region 0 = whole image), then :meth:`build`."""
         check_variant(kernel, aggregation)
         items = [encode_image(regions, centroids, kernel, aggregation) for regions in regions_per_image]
@@ -259,5 +304,5 @@ class Database:
                 f"normalize={self.normalize})")
 
 
-__all__ = ["AGGREGATIONS", "KERNELS", "REGIONAL_SEARCH", "VARIANTS", "Database", "check_variant", "encode_image",
-           "encode_query", "variant_name"]
+__all__ = ["AGGREGATIONS", "KERNELS", "NORMALIZATIONS", "REGIONAL_SEARCH", "VARIANTS", "Database", "check_variant",
+           "encode_image", "encode_query", "normalization", "uses_gamma", "variant_name"]

@@ -16,8 +16,13 @@ to word ``c``, ``V(X_c) = Σ_{x∈X_c} (x − q(x))`` the residual sum and ``V̂
 
 Normalisation ``γ(X) = (Σ_c σ(Φ(X_c)ᵀΦ(X_c)))^(−1/2)`` (eq. 1). For unit or binary per-word vectors every term is
 ``σ(1) = 1`` (for ``τ < 1``), so ``γ = M^(−1/2)`` with ``M`` the number of words: exactly the normalisation of the
-references (DELF's ``feature_aggregation_similarity``: ``/ sqrt(M_1·M_2)``; ``jenicek/asmk``'s ``IVF``: per-image word
-counts, without idf). Differences to the references, all documented at the functions:
+references when they apply one (DELF's ``feature_aggregation_similarity``: ``/ sqrt(M_1·M_2)`` with
+``use_l2_normalization: true``, its setting for the vanilla kernels; ``jenicek/asmk``'s ``IVF``: per-image word
+counts, without idf). R-ASMK / R-ASMK* (eq. 9) has no ``γ``: the sum of ``σ`` over the per-word normalised ``V̂_R``,
+as DELF's released R-ASMK* index config scores (``use_l2_normalization: false``). :func:`similarity` takes the
+choice as ``normalize`` (bool); :func:`~.database.uses_gamma` makes it per variant from the named options
+(``paper`` / ``delf`` / ``gamma``) of :class:`~.database.Database`. Differences to the references, all documented at
+the functions:
 
 - words whose residual sum is (numerically) zero, ``||V(X_c)|| <= NORM_TOL``, are dropped (as DELF does; ``V̂`` is
   undefined there), for ASMK and ASMK* alike;
@@ -200,7 +205,8 @@ def r_asmk(regions: Sequence[np.ndarray], centroids: np.ndarray, binary: bool = 
            region_words: Sequence[np.ndarray] | None = None) -> Aggregated:
     """R-ASMK, eq. 9: ``V̂_R(c) = V_R(c) / ||V_R(c)||`` with ``V_R`` the R-VLAD of eq. 8 (regional VLADs L2-normalised
     over the whole vector, summed; Fig. 1: "per-region VLAD, sum pooling, per-visual-word normalisation"; as DELF's
-    ``_ComputeRasmk``). ``binary``: R-ASMK*, the packed signs of ``V_R(c)``."""
+    ``_ComputeRasmk``). ``binary``: R-ASMK*, the packed signs of ``V_R(c)``. Eq. 9 scores it against a query as
+    ``Σ_c σ(V̂_R(X_c)ᵀV̂_R(Y_c))``, without ``γ``: :func:`similarity` with ``normalize=False``."""
     R, r, w, s = _regional(regions, centroids, region_words)
     words, sums = _sum_by(w, s * _vlad_weights(R, r, s)[:, None])
     return _sparse(words, sums / R, np.shape(centroids)[1], binary)
@@ -262,7 +268,7 @@ def gamma(a: Aggregated, alpha: float = ALPHA, tau: float = TAU) -> float:
 def similarity(a: Representation, b: Representation, alpha: float = ALPHA, tau: float = TAU,
                normalize: bool = True) -> float:
     """Kernel of two representations. VLAD / R-VLAD vectors: the dot product. Aggregated sets: eq. 1,
-    ``γ(a)·γ(b)·Σ_{c common} σ(sim_c)`` (``normalize=False``: the raw sum, as eq. 9 is written)."""
+    ``γ(a)·γ(b)·Σ_{c common} σ(sim_c)`` (``normalize=False``: the raw sum, as eq. 9 is written for R-ASMK(*))."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return float(np.dot(np.asarray(a, np.float64), np.asarray(b, np.float64)))
     _, sims = word_similarities(a, b)

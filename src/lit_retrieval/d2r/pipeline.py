@@ -3,8 +3,10 @@
 Per database image (at ``image_size``): the regions are the whole image (always region 0) and the detector's
 boxes with score ≥ ``threshold`` (or the R-MAC boxes, or none); local features are extracted on the whole image
 and re-extracted on every box crop (:func:`~.features.region_descriptors`), projected by the codebook's PCA and
-encoded by the kernel / aggregation variant (:mod:`.database`). Queries are the cropped query images, whole (not
-regional). The codebook (PCA + faiss k-means) is learned on another image set than the one evaluated (by default
+encoded by the kernel / aggregation variant (:mod:`.database`). Queries are whole (not regional) and preprocessed by
+the project's rule for every method (cirtorch's, :func:`~lit_retrieval.data.images.crop_query`): cropped to their
+box, then shrunk by the full image's scale, so the crop's long side is ``image_size·max(crop)/max(image)``. The
+codebook (PCA + faiss k-means) is learned on another image set than the one evaluated (by default
 ``../shared/data/imagenet-samples``; the database only when none is given) and cached on disk.
 
 ``eval.py method=d2r`` reports the configured variant and, as ``stages``, the same kernel without boxes and with
@@ -30,8 +32,9 @@ from ..data.synthetic.benchmark import split_by_image
 from ..retrieval import dataset_items
 from ..retrieval.extract import ImageItem, image_loader
 from .boxes import rmac_boxes, select_boxes
+from ..data.provenance import LearnedSets
 from .codebook import Codebook, learn_codebook
-from .database import Database, check_variant, encode_image, encode_query, variant_name
+from .database import Database, check_variant, encode_image, encode_query, normalization, variant_name
 from .features import ActivationFeatures, crop, region_descriptors
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ class Settings:
     boxes: str = "detector"              # detector | rmac | none (region selection besides the whole image)
     threshold: float = 0.1               # detection score threshold
     rmac_levels: int = 2                 # R-MAC boxes: grid levels 1..L
-    normalize: bool = True               # γ of eq. 1 (False: the released DELF config, no kernel normalisation)
+    normalize: str = "paper"             # paper | delf | gamma (where γ of eq. 1 applies, database.uses_gamma)
     scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
     max_features: int = 1000             # per region, the strongest activations by L2 norm
     K: int = 1024                        # visual words
@@ -65,6 +68,10 @@ class Settings:
     def __post_init__(self) -> None:
         check_variant(self.kernel, self.aggregation)
         bad = []
+        try:  # the named option (booleans of earlier configs: true = gamma, false = delf)
+            object.__setattr__(self, "normalize", normalization(self.normalize))
+        except ValueError as err:
+            bad.append(str(err))
         if self.boxes not in BOX_SOURCES:
             bad.append(f"boxes={self.boxes!r} (one of {BOX_SOURCES})")
         if not 0.0 <= self.threshold <= 1.0:
@@ -232,7 +239,8 @@ def encode_database(images: Iterable[tuple[int, torch.Tensor | None]], n: int, e
 
 def encode_queries(images: Iterable[tuple[int, torch.Tensor | None]], n: int, extractor: ActivationFeatures,
                    codebook: Codebook, kernels: Sequence[str], progress: bool = True) -> tuple[dict, list[int]]:
-    """The whole cropped queries, per kernel: ``({kernel: [representation]}, skipped)``."""
+    """The whole cropped queries (as :func:`~lit_retrieval.retrieval.extract.image_loader` loads them at
+    ``image_size``: the project's crop-and-scale rule), per kernel: ``({kernel: [representation]}, skipped)``."""
     out: dict[str, list[Any]] = {k: [None] * n for k in kernels}
     skipped = []
     empty = np.zeros((0, codebook.dim), np.float32)
@@ -285,7 +293,7 @@ def settings_from_eval(cfg: Any) -> Settings:
     cb, feats = m.codebook, m.features
     return Settings(kernel=str(cfg.kernel), aggregation=str(cfg.aggregation), boxes=str(m.boxes),
                     threshold=float(cfg.detector.threshold), rmac_levels=int(m.rmac_levels),
-                    normalize=bool(m.normalize), scales=tuple(float(v) for v in feats.scales),
+                    normalize=m.normalize, scales=tuple(float(v) for v in feats.scales),
                     max_features=int(feats.max_features), K=int(cb.K), dim=int(cb.dim), niter=int(cb.niter),
                     codebook_dir=None if cb.dir is None else str(cb.dir), codebook_images=int(cb.n_images),
                     codebook_per_image=int(cb.per_image), seed=int(cfg.seed), **_split(cb.get("split")))
@@ -311,8 +319,17 @@ def codebook_paths(s: Settings, dataset: RetrievalDataset) -> tuple[list[Path], 
     return [Path(p) for p in dataset.db_paths], f"{dataset.name} database"
 
 
+def check_codebook_set(learned: LearnedSets, s: Settings, dataset: RetrievalDataset, paths: Sequence[Path],
+                       source: str) -> dict[str, Any]:
+    """The codebook's images against the evaluated ones, by content (the evaluated database itself when
+    ``method.codebook.dir`` is null or absent: transductive, warned)."""
+    if s.codebook_dir is None or not Path(s.codebook_dir).is_dir():
+        return learned.transductive("d2r_codebook", "method.codebook.dir")
+    return learned.check_files("d2r_codebook", source, paths, "method.codebook.dir (or method.codebook.split)")
+
+
 def run_d2r(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
-            base_key: Mapping[str, Any]) -> dict[str, Any]:
+            base_key: Mapping[str, Any], learned: LearnedSets | None = None) -> dict[str, Any]:
     """The whole method for ``eval.py``: ``ranks`` of the configured variant, ``stages`` and ``info``."""
     s = settings_from_eval(cfg)
     device = cfg.device
@@ -325,18 +342,20 @@ def run_d2r(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_
     cache_dir = str(cfg.cache.dir) if cfg.cache.enabled else None
     t0 = time.perf_counter()
     paths, source = codebook_paths(s, dataset)
+    check_codebook_set(learned if learned is not None else LearnedSets(dataset), s, dataset, paths, source)
     codebook = learn_or_load_codebook(extractor, s, paths, int(cfg.image_size), device, cache_dir, base_key, source)
     t_codebook = time.perf_counter() - t0
     variants = stage_variants(s)
-    skip_bad = bool(cfg.skip_bad_images)
+    skip_bad, exif = bool(cfg.skip_bad_images), bool(cfg.get("exif_transpose", False))
     db_items, q_items = dataset_items(dataset, "db"), dataset_items(dataset, "query")
     t1 = time.perf_counter()
     enc, _ = encode_database(_on(device, image_loader(db_items, range(len(db_items)), int(cfg.image_size),
-                                                      num_workers, skip_bad)),
+                                                      num_workers, skip_bad, exif)),
                              len(db_items), extractor, codebook, s, detector, variants)
     t_db = time.perf_counter() - t1
-    queries, q_skipped = encode_queries(_on(device, image_loader(q_items, range(len(q_items)), None, num_workers,
-                                                                  skip_bad)),
+    # queries as every method loads them: cropped to the box, shrunk by the full image's scale (crop_query)
+    queries, q_skipped = encode_queries(_on(device, image_loader(q_items, range(len(q_items)), int(cfg.image_size),
+                                                                  num_workers, skip_bad, exif)),
                                         len(q_items), extractor, codebook, sorted({k for k, _ in variants}))
     t2 = time.perf_counter()
     ranks, stats = rank_variants(enc, queries, s)
@@ -363,9 +382,10 @@ def _on(device: Any, loader: Iterable[tuple[int, torch.Tensor | None]]) -> Itera
 # ------------------------------------------------------------------------------------------------ callback
 class D2RRanker:
     """What the retrieval callback runs for ``model=landmark_detector``: ASMK* on whole images, D2R-ASMK*
-    (regional search, max) and D2R-R-ASMK* with the detector being trained. The codebook (learned on the
-    callback dataset's database, or ``codebook_dir``), the whole-image region and the queries are memoised per
-    dataset: the retrieval backbone is frozen, only the boxes change between evaluations."""
+    (regional search, max) and D2R-R-ASMK* with the detector being trained. The codebook is learned once, on
+    ``codebook_dir`` or else on the first benchmark evaluated (a validation one), and kept for every other; the
+    whole-image region and the queries are memoised per dataset: the retrieval backbone is frozen, only the boxes
+    change between evaluations."""
 
     def __init__(self, detector: torch.nn.Module, backbone: torch.nn.Module, settings: Settings,
                  base_key: Mapping[str, Any]) -> None:
@@ -374,18 +394,25 @@ class D2RRanker:
         k = self.s.kernel
         self.names = {"none": k, "search_max": f"d2r_{k}", "r_asmk": f"d2r_r_{k}"}  # e.g. d2r_r_asmk_star
         self._memo: dict[str, Any] = {}
+        self._codebook: Codebook | None = None
+        self.codebook_source: str | None = None
 
     def __call__(self, data: RetrievalDataset, image_size: int, device: torch.device, cache_dir: str | None,
                  progress: bool) -> dict[str, np.ndarray]:
         extractor = ActivationFeatures(self.backbone, scales=self.s.scales, max_features=self.s.max_features)
         key = f"{data.name}:{data.root}:{image_size}"
         if key not in self._memo:
-            paths, source = codebook_paths(self.s, data)
-            cb = learn_or_load_codebook(extractor, self.s, paths, image_size, device, cache_dir, self.base_key,
-                                        source, progress)
+            if self._codebook is None:
+                # learned once: on codebook_dir, or on the first benchmark evaluated (a validation one) and kept
+                # for the others, so a test benchmark never learns its own codebook
+                paths, source = codebook_paths(self.s, data)
+                self._codebook = learn_or_load_codebook(extractor, self.s, paths, image_size, device, cache_dir,
+                                                        self.base_key, source, progress)
+                self.codebook_source = source
+            cb = self._codebook
             q_items = dataset_items(data, "query")
-            queries, _ = encode_queries(_on(device, image_loader(q_items, range(len(q_items)), None)), len(q_items),
-                                        extractor, cb, [self.s.kernel], progress)
+            queries, _ = encode_queries(_on(device, image_loader(q_items, range(len(q_items)), image_size)),
+                                        len(q_items), extractor, cb, [self.s.kernel], progress)
             self._memo[key] = (cb, queries, {})
         cb, queries, whole = self._memo[key]
         db_items = dataset_items(data, "db")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -39,13 +40,17 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_json
 from .errors import DataError
 from .images import load_image, to_tensor
+from .provenance import ContentSet, content_of_files
+from .synthetic.benchmark import split_by_image
 from .synthetic.procedural import PATTERNS, SHAPES, procedural_background, render_object
 from .synthetic.shuffle import publish_dir
 
+log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 Sample = tuple[Path, int]
 
 NUM_CLASSES = 1000
+CONTENT_CHECK_MAX = 50_000  # training sets up to this size are checked against the benchmarks by content
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 KINDS = ("imagenet", "samples", "embedded")
 EMBEDDED_DEFAULTS: dict[str, Any] = {"n_classes": 8, "n_train": 16, "n_val": 4, "image_size": (384, 512)}
@@ -376,6 +381,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         limit_train, limit_val: keep a seeded random subset of N samples (quick runs); ``None`` keeps all.
         embedded: ``n_classes``, ``n_train``, ``n_val`` (and ``image_size``) of the embedded set.
         cache_dir: where the embedded set is built.
+        split: samples only: ``{fractions, seed, parts: [train, val]}``, a by-image split of the folder instead of
+            ``val_fraction`` (the split the cut-and-paste benchmarks use, so that their parts stay unseen).
 
     Sharding under DDP is done here (train and validation, see ``SeededShuffleSampler``): the trainer runs
     with ``use_distributed_sampler=False``.
@@ -384,9 +391,15 @@ class ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, kind: str = "embedded", root: str | None = None, batch_size: int = 4, num_workers: int = 0,
                  crop: int = 800, min_side: int = 850, jitter: int = 10, val_fraction: float = 0.2, seed: int = 0,
                  limit_train: int | None = None, limit_val: int | None = None,
-                 embedded: Mapping[str, Any] | None = None, cache_dir: str | None = None) -> None:
+                 embedded: Mapping[str, Any] | None = None, cache_dir: str | None = None,
+                 split: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if split is not None and kind != "samples":
+            raise ValueError("data.split (a by-image split of a flat folder) only applies to data.kind=samples")
+        self.split = None if split is None else {"fractions": [float(f) for f in split["fractions"]],
+                                                 "seed": int(split.get("seed", 0)),
+                                                 "parts": [int(v) for v in split.get("parts", (0, 1))]}
         if kind not in KINDS:
             raise ValueError(f"data.kind must be one of {KINDS}, got {kind!r}")
         if kind != "embedded" and root is None:
@@ -423,7 +436,12 @@ class ClassificationDataModule(pl.LightningDataModule):
             return
         if self.kind == "samples":
             self.data_root = Path(self.root)
-            train, val = split_samples(scan_flat_samples(self.data_root), self.val_fraction, self.seed)
+            samples = scan_flat_samples(self.data_root)
+            if self.split is None:
+                train, val = split_samples(samples, self.val_fraction, self.seed)
+            else:  # the same by-image split as the cut-and-paste benchmarks built from this folder
+                parts = split_by_image(samples, self.split["fractions"], self.split["seed"], key=lambda s: str(s[0]))
+                train, val = (parts[i] for i in self.split["parts"])
         else:
             self.data_root = self._build_embedded(progress=False) if self.kind == "embedded" else Path(self.root)
             train, val = scan_imagenet_folder(self.data_root, "train"), scan_imagenet_folder(self.data_root, "val")
@@ -446,6 +464,18 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._ready()[1], shuffle=False)
+
+    def content(self) -> ContentSet | None:
+        """The training and validation images by content (the retrieval callback checks them against the
+        benchmarks); ``None`` above ``CONTENT_CHECK_MAX`` images (ImageNet-scale: hashing every image would cost
+        more than the run; the run says the check was skipped)."""
+        train, val = self._ready()
+        paths = [p for p, _ in train.samples + val.samples]
+        if len(paths) > CONTENT_CHECK_MAX:
+            log.warning("%d training/validation images: not checked against the retrieval benchmarks by content "
+                        "(more than %d); make sure they share no image with them", len(paths), CONTENT_CHECK_MAX)
+            return None
+        return content_of_files(f"{self.kind} training/validation images ({self.data_root})", paths)
 
     @property
     def num_classes_seen(self) -> int:

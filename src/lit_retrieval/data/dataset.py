@@ -28,6 +28,10 @@ class RetrievalDataset:
             Classic: dicts with ``ok`` and ``junk`` index arrays.
         protocol: ``"revisited"`` (Easy/Medium/Hard) or ``"classic"`` (single mAP).
         root: folder the dataset was read from (for messages and cache keys).
+        skipped: images left out when loading.
+        sources: what generated images were built from (background files, object source images, procedural
+            generator identities), read from a cut-and-paste benchmark's ground truth; empty for real datasets.
+            Content checks (:mod:`.provenance`) count them as part of the dataset.
     """
 
     name: str
@@ -38,6 +42,7 @@ class RetrievalDataset:
     protocol: Protocol = "revisited"
     root: Path | None = None
     skipped: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.query_paths) != len(self.gnd):

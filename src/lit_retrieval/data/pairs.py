@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from .classification import SeededShuffleSampler, limit_samples
 from .errors import DataError
 from .images import to_tensor
+from .provenance import ContentSet, content_of_files
 from .synthetic.backgrounds import BackgroundSource, ImageFolderBackgrounds
 from .synthetic.benchmark import split_by_image
 from .synthetic.compositor import PRESETS, PasteParams, paste
@@ -245,6 +246,10 @@ class PastedItems:
     def __len__(self) -> int:
         return len(self.refs) * self.syntheses
 
+    def content_sources(self) -> list[str]:
+        """What the items are made of: the objects' source images and the backgrounds (paths or procedural keys)."""
+        return [r.source for r in self.refs] + [str(k) for k in self.backgrounds.keys]
+
     def rng(self, index: int) -> np.random.Generator:
         """The generator of item ``index`` in the current epoch."""
         seq = [self.seed, self.epoch, int(index)] if self.resample else [self.seed, int(index)]
@@ -366,6 +371,19 @@ class SeededSplitLoaders:
     def set_epoch(self, epoch: int) -> None:
         """Set the training epoch by hand (Lightning does it through the sampler); validation never changes."""
         self._ready()[0].set_epoch(epoch)
+
+    def content(self) -> ContentSet:
+        """What training and validation are made of, by content (the retrieval callback checks it against the
+        benchmarks): the sources of generated items, the files of file-based sets."""
+        train, val = self._ready()
+        sources: list[str] = []
+        for ds in (train, val):
+            src = getattr(ds, "source", ds)  # detection datasets wrap their box source
+            # generated items: what they are pasted from; file sets: their keys (paths are hashed by content)
+            sources += src.content_sources() if isinstance(src, PastedItems) else [str(k) for k in src.keys]
+        out = content_of_files(f"{type(self).__name__} training/validation data", [], sources)
+        out.n_images = len(train) + len(val)
+        return out
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, sampler=SeededShuffleSampler(dataset, self.seed, train),

@@ -62,7 +62,8 @@ def load_revisited(root: PathLike, name: str, ext: str = ".jpg", check_images: b
             f"set dataset.root to the folder that holds {name}/, laid out as <root>/{name}/gnd_{name}.pkl "
             f"+ <root>/{name}/jpg/ (gnd_roxford5k.pkl / gnd_rparis6k.pkl and the images come from {_REVISITOP})",
         )
-    imlist, qimlist, gnd, bbxs = parse_revisited(read_pickle(gnd_file), gnd_file)
+    raw = read_pickle(gnd_file)
+    imlist, qimlist, gnd, bbxs = parse_revisited(raw, gnd_file)
     jpg_dir = ds_dir / "jpg"
     db_paths = [jpg_dir / f"{im}{ext}" for im in imlist]
     query_paths = [jpg_dir / f"{im}{ext}" for im in qimlist]
@@ -73,8 +74,26 @@ def load_revisited(root: PathLike, name: str, ext: str = ".jpg", check_images: b
         check_files_exist(db_paths + query_paths, jpg_dir, fix)
     return RetrievalDataset(
         name=name, db_paths=db_paths, query_paths=query_paths, query_bbx=list(bbxs), gnd=gnd,
-        protocol="revisited", root=ds_dir,
+        protocol="revisited", root=ds_dir, sources=generation_sources(raw),
     )
+
+
+def generation_sources(raw: Mapping[str, Any]) -> list[str]:
+    """The backgrounds and object source images a cut-and-paste benchmark was built from (its ``pastes`` and
+    ``meta`` records), as file paths or procedural identities; empty for other datasets."""
+    out: list[str] = []
+    pastes = raw.get("pastes") if isinstance(raw, Mapping) else None
+    if isinstance(pastes, Mapping):
+        for records in pastes.values():
+            for r in records if isinstance(records, Sequence) else ():
+                if isinstance(r, Mapping):
+                    out += [str(r[k]) for k in ("background", "source") if isinstance(r.get(k), str)]
+    meta = raw.get("meta") if isinstance(raw, Mapping) else None
+    if isinstance(meta, Mapping):
+        for k in ("query_sources", "distractor_sources"):
+            if isinstance(meta.get(k), Sequence):
+                out += [str(v) for v in meta[k] if isinstance(v, str)]
+    return list(dict.fromkeys(out))
 
 
 def write_revisited(

@@ -2,7 +2,8 @@
 
 One backbone pass per image gives its R-MAC (the global similarity of the shortlist and the fusion) and its
 feature grid (gallery 15×15, cropped query 7×7); both are cached on disk like every descriptor when the backbone
-is frozen. Then (:func:`score`): the gallery grids are stored raw or product-quantized, every query's top ``K``
+is frozen. Then (:func:`score`): the gallery grids are stored raw or product-quantized (:func:`pq_plan`: by
+default with the quantizer the subnet was fine-tuned on, stored in its checkpoint), every query's top ``K``
 by R-MAC are scored by the localization subnet, and four rankings come out: ``global`` (R-MAC), ``rmatch``
 (eq. 2 on the same grids), ``local`` (``S_local`` over the shortlist) and ``local_global`` (the fusion
 ``(1 − w)·S_global + w·S_local``, the paper's default w = 0.9, K = 5000).
@@ -13,13 +14,15 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import RetrievalDataset
+from ..data import RetrievalDataset, load_dataset
+from ..data.provenance import LearnedSets, is_transductive
 from ..models.local_similarity import LocalSimilarityNet, decode_boxes, tail_convs
 from ..retrieval import DescriptorCache, dataset_items, extract
 from .pq import GridQuantizer
@@ -33,14 +36,16 @@ MODES = ("local_global", "local", "global", "rmatch")
 class Settings:
     """``conf/method/local_similarity.yaml``: the ranking reported (``mode``), fusion weight ``w``, shortlist
     size ``K`` (capped at the database size), gallery images per subnet batch, product quantization (``pq``:
-    ``M`` sub-vectors, or ``None`` for raw float32 grids)."""
+    ``M`` sub-vectors and ``nbits``, ``None``: the checkpoint's quantizer if it stores one, else raw float32
+    grids and 8 bits; ``relearn``: learn a new quantizer on ``method.pq.dataset``, see :func:`pq_plan`)."""
 
     mode: str = "local_global"
     w: float = 0.9
     K: int = 5000
     batch: int = 64
     pq: int | None = None
-    pq_nbits: int = 8
+    pq_nbits: int | None = None
+    pq_relearn: bool = False
     pq_max_train: int = 100_000
     seed: int = 0
 
@@ -53,7 +58,10 @@ class Settings:
         if self.K < 1 or self.batch < 1:
             bad.append(f"method.K={self.K}, method.batch={self.batch} (both >= 1)")
         if self.pq is not None and self.pq < 1:
-            bad.append(f"method.pq.M={self.pq} (null for raw grids, or the number of sub-vectors)")
+            bad.append(f"method.pq.M={self.pq} (null: the checkpoint's quantizer or raw grids; or the number of "
+                       "sub-vectors)")
+        if self.pq_nbits is not None and not 1 <= self.pq_nbits <= 8:
+            bad.append(f"method.pq.nbits={self.pq_nbits} (null: the checkpoint's or 8; or 1..8)")
         if bad:
             raise ValueError("method=local_similarity: bad setting(s): " + "; ".join(bad))
 
@@ -62,7 +70,8 @@ class Settings:
         pq = m.get("pq") or {}
         return cls(mode=str(m.get("mode", "local_global")), w=float(m.get("w", 0.9)), K=int(m.get("K", 5000)),
                    batch=int(m.get("batch", 64)), pq=None if pq.get("M") is None else int(pq["M"]),
-                   pq_nbits=int(pq.get("nbits", 8)), pq_max_train=int(pq.get("max_train", 100_000)),
+                   pq_nbits=None if pq.get("nbits") is None else int(pq["nbits"]),
+                   pq_relearn=bool(pq.get("relearn", False)), pq_max_train=int(pq.get("max_train", 100_000)),
                    seed=int(pq.get("seed", 0)))
 
 
@@ -120,16 +129,85 @@ def _square(n: int, what: str) -> int:
     return g
 
 
+#: ``method.pq.dataset`` kind that learns a new quantizer on the evaluated database itself
+TRANSDUCTIVE = "transductive"
+
+
+def pq_plan(s: Settings, stored: GridQuantizer | None, ckpt_path: str) -> tuple[str, int | None, int | None]:
+    """How the gallery grids are stored: ``("checkpoint", M, nbits)`` (the quantizer ``stored`` in the checkpoint,
+    which the subnet was fine-tuned on), ``("learned", M, nbits)`` (a new one, learned on ``method.pq.dataset``:
+    with ``method.pq.relearn``, or ``method.pq.M`` for a checkpoint without one) or ``("none", None, None)``."""
+    if stored is not None and not s.pq_relearn:
+        clash = [f"method.pq.{k}={v}" for k, v, own in (("M", s.pq, stored.M), ("nbits", s.pq_nbits, stored.nbits))
+                 if v is not None and v != own]
+        if clash:
+            raise ValueError(
+                f"method=local_similarity: {' and '.join(clash)} disagrees with the product quantizer stored in "
+                f"ckpt_path={ckpt_path} (M={stored.M}, nbits={stored.nbits}: its localization subnet was fine-tuned "
+                f"on that quantizer's reconstructions, model.quantize). Fix: drop method.pq.M and method.pq.nbits "
+                f"(null: use the checkpoint's quantizer), or pass method.pq.relearn=true to learn a new quantizer "
+                f"on method.pq.dataset (one the subnet was not fine-tuned on)")
+        return "checkpoint", stored.M, stored.nbits
+    if s.pq is None and not s.pq_relearn:
+        return "none", None, None
+    M = s.pq if s.pq is not None else (stored.M if stored is not None else None)
+    if M is None:
+        raise ValueError(f"method=local_similarity: method.pq.relearn=true needs method.pq.M, since "
+                         f"ckpt_path={ckpt_path} stores no product quantizer (trained without model.quantize.M). "
+                         f"Fix: set method.pq.M (sub-vectors per location, e.g. 128), or drop method.pq.relearn")
+    nbits = s.pq_nbits if s.pq_nbits is not None else (stored.nbits if stored is not None else 8)
+    return "learned", M, nbits
+
+
+def learn_quantizer(net: LocalSimilarityNet, source: Mapping[str, Any] | None, evaluated: RetrievalDataset,
+                    db: Described, M: int, nbits: int, s: Settings, describe_kw: Mapping[str, Any],
+                    learned: LearnedSets | None = None) -> tuple[GridQuantizer, dict[str, Any], list[Path]]:
+    """A new product quantizer of the gallery grids, learned on the database of ``source`` (a dataset config as
+    ``eval.py dataset=`` takes; ``{kind: transductive}``: the ``evaluated`` database, whose grids ``db`` are
+    reused). Returns it, where it was learned (``dataset``, ``root``, ``n_images``, ``transductive``) and the
+    paths of the images it was learned from (unreadable, skipped images left out). ``learned``: the run's content
+    checks (the learning set must share no image with the evaluated one, unless transductive)."""
+    if source is None or source.get("kind") is None:
+        raise ValueError("method=local_similarity: learning a product quantizer needs method.pq.dataset: a dataset "
+                         "config (e.g. {kind: embedded, seed: 1, name: embedded-s1, cache_dir: ...}) or "
+                         f"{{kind: {TRANSDUCTIVE}}} for the evaluated database")
+    transductive = is_transductive(source)
+    learned = learned if learned is not None else LearnedSets(evaluated)
+    if transductive:
+        data, grids = evaluated, db
+        log.warning("product quantizer learned on the evaluated database %s itself (method.pq.dataset={kind: %s}): "
+                    "transductive, not how a stored gallery is built; prefer another dataset or the checkpoint's "
+                    "quantizer", evaluated.name, TRANSDUCTIVE)
+        learned.transductive("local_similarity_pq", "method.pq.dataset")
+    else:
+        data = load_dataset(source)
+        learned.check_dataset("local_similarity_pq", data, "method.pq.dataset")  # by content, before any work
+        grids = describe(net, data, "db", **describe_kw)
+    keep = np.setdiff1d(np.arange(len(grids.grids)), grids.skipped)
+    q = GridQuantizer.learn(grids.grids[keep].reshape(-1, grids.grids.shape[-1]), M, nbits, s.seed, s.pq_max_train)
+    paths = [Path(data.db_paths[i]) for i in keep]
+    log.info("product quantizer learned on %s: M = %d, %d bytes per location, %d images", data.name, q.M,
+             q.bytes_per_vector(), len(paths))
+    return q, {"dataset": data.name, "root": str(data.root), "n_images": len(paths),
+               "transductive": transductive}, paths
+
+
 def score(net: LocalSimilarityNet, db: Described, queries: Described, s: Settings,
-          device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+          device: str | torch.device = "cpu", progress: bool = True,
+          quantizer: GridQuantizer | None = None) -> dict[str, Any]:
     """Every ranking of the queries against the database (see the module docstring), the shortlist's ``S_local``
-    and predicted boxes (normalised to the gallery image), and ``info`` (settings, storage, timings)."""
+    and predicted boxes (normalised to the gallery image), the stored ``gallery`` (raw, or product-quantized by
+    ``quantizer``) and ``info`` (settings, storage, timings). No quantizer is learned here: ``s.pq``, when set,
+    must be the ``quantizer``'s ``M`` (the checkpoint's, or one from :func:`learn_quantizer`)."""
+    if s.pq is not None and (quantizer is None or quantizer.M != s.pq):
+        raise ValueError(f"score(): Settings.pq={s.pq} asks for product-quantized gallery grids, but the quantizer "
+                         f"given is {None if quantizer is None else f'M={quantizer.M}'}. Fix: pass the "
+                         "checkpoint's quantizer (GridQuantizer.from_state(stored_quantizer(ckpt))) or one from "
+                         "learn_quantizer(...) on another dataset as quantizer=")
     N, Lg, C = db.grids.shape
     Nq = len(queries.grids)
     gh, qh = _square(Lg, "gallery"), _square(queries.grids.shape[1], "query")
     t0 = time.perf_counter()
-    quantizer = (GridQuantizer.learn(db.grids.reshape(-1, C), s.pq, s.pq_nbits, s.seed, s.pq_max_train)
-                 if s.pq else None)
     gallery = GalleryGrids(db.grids, (gh, gh), quantizer)
     t_store = time.perf_counter() - t0
     s_global = queries.glob @ db.glob.T
@@ -167,7 +245,7 @@ def score(net: LocalSimilarityNet, db: Described, queries: Described, s: Setting
                    "rmatch_per_query": round(t_rmatch / max(Nq, 1), 4)},
     }
     return {"rankings": rankings, "short": short, "s_local": s_local, "s_global": s_global,
-            "boxes": boxes.view(Nq, K, 4).numpy().clip(0, 1), "info": info}
+            "boxes": boxes.view(Nq, K, 4).numpy().clip(0, 1), "gallery": gallery, "info": info}
 
 
 def check_config(cfg: Any) -> None:
@@ -185,15 +263,27 @@ def check_config(cfg: Any) -> None:
                              f"(keep {what}={ok})")
     if [float(v) for v in cfg.scales] != [1.0]:
         raise ValueError("method=local_similarity describes images at one scale: drop scales=... (keep [1])")
+    checkpoint_pq(cfg)
+
+
+def checkpoint_pq(cfg: Any) -> tuple[GridQuantizer | None, tuple[str, int | None, int | None]]:
+    """The quantizer stored in ``cfg.ckpt_path`` (or ``None``) and :func:`pq_plan` for ``cfg.method.pq``."""
+    from ..models.local_similarity import stored_quantizer
+
+    state = stored_quantizer(str(cfg.ckpt_path))
+    stored = None if state is None else GridQuantizer.from_state(state)
+    return stored, pq_plan(Settings.from_cfg(cfg.method), stored, str(cfg.ckpt_path))
 
 
 def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
-              base_key: Mapping[str, Any]) -> dict[str, Any]:
+              base_key: Mapping[str, Any], learned: LearnedSets | None = None) -> dict[str, Any]:
     """The whole method for ``eval.py``: ``ranks`` (the ``method.mode`` ranking), ``stages`` (every ranking),
-    ``info`` and what the pictures need."""
+    ``info`` (with ``pq``: where the gallery's product quantizer comes from), ``pq_train_paths`` (the images a
+    quantizer learned here was learned from; ``None`` for the checkpoint's or none) and what the pictures need."""
     from ..models.local_similarity import load_local_similarity
 
     s = Settings.from_cfg(cfg.method)
+    stored, (source, M, nbits) = checkpoint_pq(cfg)
     net = load_local_similarity(str(cfg.ckpt_path), backbone).to(cfg.device)
     cache_root = str(cfg.cache.dir) if cfg.cache.enabled else None
     kw = dict(image_size=cfg.image_size, device=cfg.device, cache_root=cache_root, base_key=base_key,
@@ -202,8 +292,19 @@ def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, nu
     db = describe(net, dataset, "db", **kw)
     q = describe(net, dataset, "query", **kw)
     t_describe = time.perf_counter() - t0
-    out = score(net, db, q, s, cfg.device)
-    out["info"]["time_s"]["describe"] = round(t_describe, 3)
+    quantizer, learned_on, train_paths = (stored if source == "checkpoint" else None), None, None
+    if source == "learned":
+        if stored is not None:
+            log.warning("method.pq.relearn=true: the gallery grids are quantized by a new quantizer, not by the one "
+                        "stored in %s that the subnet was fine-tuned on", cfg.ckpt_path)
+        quantizer, learned_on, train_paths = learn_quantizer(net, (cfg.method.get("pq") or {}).get("dataset"),
+                                                             dataset, db, M, nbits, s, kw, learned)
+    t_pq = time.perf_counter() - t0 - t_describe
+    out = score(net, db, q, s, cfg.device, quantizer=quantizer)
+    out["info"]["time_s"].update(describe=round(t_describe, 3), pq=round(t_pq, 3))
+    out["info"]["pq"] = {"source": source, "M": M, "nbits": nbits, "relearn": s.pq_relearn,
+                         "ckpt_path": str(cfg.ckpt_path) if source == "checkpoint" else None,
+                         "learned_on": learned_on}
     order = [m for m in MODES if m != s.mode] + [s.mode]
     return {**out, "ranks": out["rankings"][s.mode], "stages": {m: out["rankings"][m] for m in order},
-            "db_skipped": db.skipped, "q_skipped": q.skipped}
+            "pq_train_paths": train_paths, "db_skipped": db.skipped, "q_skipped": q.skipped}

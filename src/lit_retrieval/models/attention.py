@@ -18,13 +18,23 @@ def attention_input(region_mean: Tensor, global_mean: Tensor | None) -> Tensor:
     return torch.cat([region_mean, global_mean[:, None, :].expand_as(region_mean)], dim=-1)
 
 
-class RegionalAttention(nn.Module):
-    """``Φ``: ``N×R×in_dim -> N×R`` positive weights (``W_r ∈ R^{d×in_dim}``, ``W_c ∈ R^{1×d}``)."""
+HIDDEN_ACTIVATIONS = {"tanh": torch.tanh, "softplus": F.softplus}
 
-    def __init__(self, in_dim: int, hidden: int = 64) -> None:
+
+class RegionalAttention(nn.Module):
+    """``Φ``: ``N×R×in_dim -> N×R`` positive weights (``W_r ∈ R^{d×in_dim}``, ``W_c ∈ R^{1×d}``).
+
+    ``hidden_activation``: ``tanh`` (eq. 2, the paper) or ``softplus`` (the hidden layer of the authors' training
+    code)."""
+
+    def __init__(self, in_dim: int, hidden: int = 64, hidden_activation: str = "tanh") -> None:
         super().__init__()
+        if hidden_activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"model.hidden_activation={hidden_activation!r}: choose 'tanh' (eq. 2) or 'softplus' "
+                             "(the reference training code)")
         self.reduce = nn.Linear(in_dim, hidden)  # W_r, b_r
         self.score = nn.Linear(hidden, 1)  # W_c, b_c
+        self.act = HIDDEN_ACTIVATIONS[hidden_activation]
 
     def forward(self, k: Tensor) -> Tensor:
-        return F.softplus(self.score(torch.tanh(self.reduce(k)))).squeeze(-1)
+        return F.softplus(self.score(self.act(self.reduce(k)))).squeeze(-1)

@@ -191,3 +191,10 @@ def load_local_similarity(ckpt_path: str, backbone: nn.Module, map_location: str
     net = LocalSimilarityNet(backbone, **cfg)
     load_trained_state(net, entry["state_dict"], p)
     return net.eval()
+
+
+def stored_quantizer(ckpt_path: str, map_location: str | torch.device = "cpu") -> dict[str, Tensor] | None:
+    """The product quantizer state a quantized fine-tuning run (``model.quantize.M``) stored with the subnet
+    (:meth:`GridQuantizer.state_dict`), or ``None`` for a subnet trained on raw grids."""
+    entry, _ = read_entry(ckpt_path, CKPT_KEY, "local_similarity", map_location)
+    return entry.get("quantizer")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone, build_backbone
 from ..pooling import l2n, region_max, region_mean
 from ..regions import GRIDS, sample_regions
+from ..data.provenance import ContentSet
 from ..whitening import Whitening
 from .attention import RegionalAttention, attention_input
 from .checkpoint import check_backbone, load_trained_state, read_entry
@@ -42,7 +43,8 @@ class RegionalAttentionNet(nn.Module):
 
     def __init__(self, backbone: Backbone, scales: int = 5, train_scales: int = 4,
                  grid: Literal["rmac", "kimyoon"] = "rmac", context: bool = True, hidden: int = 64,
-                 aggregate: Literal["mean", "sum"] = "mean") -> None:
+                 aggregate: Literal["mean", "sum"] = "mean", hidden_activation: str = "tanh",
+                 pca_input: Literal["l2", "raw"] = "l2") -> None:
         super().__init__()
         if grid not in GRIDS:
             raise ValueError(f"model.grid={grid!r}: choose one of {GRIDS}")
@@ -53,18 +55,28 @@ class RegionalAttentionNet(nn.Module):
                 raise ValueError(f"model.{name}={s}: the R-MAC scale S must be >= 1")
         self.backbone = backbone
         self.scales, self.train_scales = int(scales), int(train_scales)
+        if pca_input not in ("l2", "raw"):
+            raise ValueError(f"model.whitening.input={pca_input!r}: choose 'l2' (the paper: L2 -> PCA -> L2) or 'raw' "
+                             "(the reference code: PCA of the raw regional MACs)")
         self.grid, self.context, self.hidden, self.aggregate = grid, bool(context), int(hidden), aggregate
+        self.hidden_activation, self.pca_input = hidden_activation, pca_input
         C = backbone.out_channels
-        self.attention = RegionalAttention(2 * C if self.context else C, self.hidden)
+        self.attention = RegionalAttention(2 * C if self.context else C, self.hidden, hidden_activation)
         # PCA-whitening of the regional vectors (P in eq. 3): empty until learned; kept in checkpoints.
         self.register_buffer("white_mean", torch.zeros(0))
         self.register_buffer("white_proj", torch.zeros(0, C))
+        # what the learned parts saw (component -> ContentSet), kept in checkpoints and checked at evaluation
+        self.content: dict[str, ContentSet] = {}
+
+    def learned_content(self) -> dict[str, ContentSet]:
+        return dict(self.content)
 
     # -- configuration --------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Everything besides the tensors needed to rebuild the module (stored in checkpoints)."""
         return {"backbone": self.backbone.name, "scales": self.scales, "train_scales": self.train_scales,
-                "grid": self.grid, "context": self.context, "hidden": self.hidden, "aggregate": self.aggregate}
+                "grid": self.grid, "context": self.context, "hidden": self.hidden, "aggregate": self.aggregate,
+                "hidden_activation": self.hidden_activation, "pca_input": self.pca_input}
 
     @property
     def whitened(self) -> bool:
@@ -133,15 +145,18 @@ class RegionalAttentionNet(nn.Module):
         return self.backbone.head(self._aggregate(self.weights(pooled), pooled["max"]))
 
     def post_process(self, regional_max: Tensor) -> Tensor:
-        """``P``: L2 -> PCA-whitening (when learned) -> L2 of regional vectors ``...×C -> ...×D``."""
-        v = l2n(regional_max)
+        """``P``: L2 -> PCA-whitening (when learned) -> L2 of regional vectors ``...×C -> ...×D`` (``pca_input=raw``:
+        the whitening is applied to the raw regional MACs, as the reference code learns it)."""
+        v = l2n(regional_max) if self.pca_input == "l2" or not self.whitened else regional_max
         if self.whitened:
             v = l2n((v - self.white_mean) @ self.white_proj.T)
         return v
 
     def regional_vectors(self, x: Tensor, S: int | None = None) -> Tensor:
-        """L2-normalised regional max vectors ``N×R×C`` (what the PCA-whitening is learned on)."""
-        return l2n(self.pool_regions(x, S or self.scales, attention=False)["max"])
+        """The regional max vectors ``N×R×C`` the PCA-whitening is learned on: L2-normalised (``pca_input=l2``,
+        the paper) or raw (``raw``)."""
+        v = self.pool_regions(x, S or self.scales, attention=False)["max"]
+        return l2n(v) if self.pca_input == "l2" else v
 
     def forward(self, x: Tensor, S: int | None = None, uniform: bool = False) -> Tensor:
         """Eq. 3: normalised images -> ``N×D`` L2 descriptors at the test scale (``uniform``: ``Φ ≡ 1``)."""
@@ -172,6 +187,10 @@ class UniformRegions(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x, uniform=True)
 
+    def learned_content(self) -> dict[str, ContentSet]:
+        """Φ ≡ 1 learns nothing itself: only the regional whitening's set."""
+        return {k: v for k, v in self.net.content.items() if k.endswith("whitening")}
+
     def cache_key(self) -> dict[str, Any]:
         """Independent of the attention (and of its settings): regions, aggregation and whitening only."""
         c = self.net.config()
@@ -194,6 +213,7 @@ def load_regional_attention(ckpt_path: str, backbone: Backbone | None = None,
     check_backbone(name, backbone, p)
     net = RegionalAttentionNet(backbone, **cfg)
     load_trained_state(net, entry["state_dict"], p)
+    net.content = {k: ContentSet.from_state(v) for k, v in entry.get("content", {}).items()}
     if not net.whitened:
         log.warning("%s carries no regional whitening (trained with whitening.kind=none): descriptors use L2 "
                     "regional vectors only", p)

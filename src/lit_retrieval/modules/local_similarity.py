@@ -32,12 +32,14 @@ log = logging.getLogger(__name__)
 class LocalSimilarityRanker:
     """What the retrieval callback runs for this model: a dataset -> rankings by local+global fusion
     (``local_similarity``), local similarity alone (``local``) and R-Match (``rmatch``) on the same grids.
-    Grids are memoised per dataset (and cached on disk) while the backbone is frozen: only the subnet trains."""
+    Grids are memoised per dataset (and cached on disk) while the backbone is frozen: only the subnet trains.
+    With a ``quantizer`` (quantized fine-tuning) the gallery grids are stored by it, as ``eval.py`` does."""
 
     names = {"local_global": "local_similarity", "local": "local", "rmatch": "rmatch"}
 
-    def __init__(self, net: LocalSimilarityNet, settings: Settings, base_key: dict[str, Any]) -> None:
-        self.net, self.settings, self.base_key = net, settings, base_key
+    def __init__(self, net: LocalSimilarityNet, settings: Settings, base_key: dict[str, Any],
+                 quantizer: GridQuantizer | None = None) -> None:
+        self.net, self.settings, self.base_key, self.quantizer = net, settings, base_key, quantizer
         self._memo: dict[str, Any] = {}
 
     def __call__(self, data: Any, image_size: int, device: torch.device, cache_dir: str | None,
@@ -54,7 +56,7 @@ class LocalSimilarityRanker:
         return self._rank(*described, device, progress)
 
     def _rank(self, db: Any, q: Any, device: torch.device, progress: bool) -> dict[str, np.ndarray]:
-        out = score(self.net, db, q, self.settings, device, progress)
+        out = score(self.net, db, q, self.settings, device, progress, quantizer=self.quantizer)
         return {name: out["rankings"][mode] for mode, name in self.names.items()}
 
 
@@ -159,6 +161,7 @@ class LocalSimilarityModule(FrozenBackboneCheckpoint, pl.LightningModule):
             key = {"backbone": self.backbone.name,
                    "weights": weights_identity(str(self.hparams.backbone.get("weights", "imagenet")), 0)}
             self._ranker = LocalSimilarityRanker(self.net, self.settings, key)
+        self._ranker.quantizer = self.quantizer  # learned when fitting starts, or restored from a checkpoint
         return {"local_similarity": self._ranker}
 
     # -- checkpoints ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone, build_backbone
 from ..data import load_dataset
+from ..data.provenance import ContentSet, content_of_files
 from ..models import RegionalAttentionNet, UniformRegions
 from ..models.regional_attention import CKPT_KEY
 from ..retrieval.regional import collect_regional_vectors, learn_regional_whitening
@@ -37,12 +38,14 @@ class RegionalAttentionModule(FrozenBackboneCheckpoint, pl.LightningModule):
 
     def __init__(self, backbone: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any],
                  whitening: dict[str, Any], scales: int = 5, train_scales: int = 4, grid: str = "rmac",
-                 context: bool = True, hidden: int = 64, aggregate: str = "mean") -> None:
+                 context: bool = True, hidden: int = 64, aggregate: str = "mean",
+                 hidden_activation: str = "tanh") -> None:
         super().__init__()
         self.save_hyperparameters()
         bb = build_backbone(backbone["name"], weights=str(backbone.get("weights", "imagenet")))
         self.net = RegionalAttentionNet(bb, scales=scales, train_scales=train_scales, grid=grid, context=context,
-                                        hidden=hidden, aggregate=aggregate)
+                                        hidden=hidden, aggregate=aggregate, hidden_activation=hidden_activation,
+                                        pca_input=str(whitening.get("input", "l2")))
 
     @property
     def backbone(self) -> Backbone:
@@ -116,6 +119,7 @@ class RegionalAttentionModule(FrozenBackboneCheckpoint, pl.LightningModule):
         w = self.hparams.whitening
         data = load_dataset(w["dataset"])
         paths = list(data.db_paths)[: w.get("max_images") or None]
+        self.net.content["regional_attention_whitening"] = content_of_files(data.name, paths, data.sources)
         X = collect_regional_vectors(paths, self.net.regional_vectors, self.backbone.normalize,
                                      w.get("image_size"), self.device, desc=f"{data.name}/whitening",
                                      progress=self.global_rank == 0)
@@ -123,6 +127,10 @@ class RegionalAttentionModule(FrozenBackboneCheckpoint, pl.LightningModule):
                                         "use a larger model.whitening.dataset or reduce with model.whitening.dims")
 
     # -- retrieval (used by the RetrievalEvaluation callback) ------------------------------------------
+    def learned_content(self) -> dict[str, ContentSet]:
+        """What the learned parts besides the training data saw (the regional whitening's images)."""
+        return self.net.learned_content()
+
     def retrieval_methods(self) -> dict[str, nn.Module]:
         """Methods whose descriptors change with training (re-extracted at every retrieval evaluation)."""
         return {"regional_attention": self.net}
@@ -137,4 +145,9 @@ class RegionalAttentionModule(FrozenBackboneCheckpoint, pl.LightningModule):
         checkpoint[CKPT_KEY] = {"config": self.net.config(), "backbone": dict(self.hparams.backbone),
                                 "whitening": {k: v for k, v in self.hparams.whitening.items() if k != "dataset"}
                                 | {"dataset": str(self.hparams.whitening.get("dataset", {}).get("name"))},
-                                "state_dict": {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}}
+                                "state_dict": {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")},
+                                "content": {k: v.state_dict() for k, v in self.net.content.items()}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        entry = checkpoint.get(CKPT_KEY, {})
+        self.net.content = {k: ContentSet.from_state(v) for k, v in entry.get("content", {}).items()}

@@ -7,6 +7,10 @@ the reference ``aml.c``: for each step from ``refine_step`` down to 1, rounds (a
 nothing changes) of eight greedy moves — top edge up/down, bottom edge up/down, left edge left/right, right edge
 left/right, each accepted at once when it improves the score — keeping windows of at least 2×2 cells.
 
+``root``: how the α-th root of the window sums is taken when scoring windows, ``exact`` (eq. 3) or ``aml_c``
+(the reference's table search, even integers only: :func:`~.integral.aml_c_root`); in the reference only the
+localization goes through ``aml.c``, so the root is an option of the scoring here, not of the window descriptors.
+
 Every image of the batch runs its own search (its own best window, rounds and stopping); the loops are over
 moves and rounds, each a single vectorised evaluation for the whole batch.
 """
@@ -33,7 +37,7 @@ class Localization:
 
 
 def window_scores(sat: Tensor, boxes: Tensor, q: Tensor, alpha: float = DEFAULT_ALPHA,
-                  images: Tensor | None = None, max_elements: int = 1 << 19) -> Tensor:
+                  images: Tensor | None = None, max_elements: int = 1 << 19, root: str = "exact") -> Tensor:
     """Cosine similarity between ``q`` (``C``, or one row per image) and the approximate MAC of each window:
     ``sat`` ``B×(H+1)×(W+1)×C``, windows ``K×4`` or ``B×K×4`` -> ``B×K`` (``images``: only these maps, see
     :func:`~.integral.window_sums`). Windows go in chunks of at most ``max_elements`` window-channel values
@@ -48,17 +52,18 @@ def window_scores(sat: Tensor, boxes: Tensor, q: Tensor, alpha: float = DEFAULT_
     step = max(1, max_elements // max(1, B * C))
     out = []
     for k0 in range(0, K, step):
-        f = generalized_max(window_sums(sat, boxes[..., k0:k0 + step, :], images), alpha)  # B×k×C
+        f = generalized_max(window_sums(sat, boxes[..., k0:k0 + step, :], images), alpha, root)  # B×k×C
         num = torch.bmm(f, qn.unsqueeze(2)).squeeze(2)
         out.append(num / f.norm(dim=2).clamp_min(1e-12))
     return torch.cat(out, 1) if out else sat.new_zeros((B, 0), dtype=torch.float32)
 
 
-def best_window(sat: Tensor, q: Tensor, windows: np.ndarray, alpha: float = DEFAULT_ALPHA) -> tuple[Tensor, Tensor]:
+def best_window(sat: Tensor, q: Tensor, windows: np.ndarray, alpha: float = DEFAULT_ALPHA,
+                root: str = "exact") -> tuple[Tensor, Tensor]:
     """The best of ``windows`` (``K×4``, shared by the batch) for every image: ``(B×4 boxes, B scores)``; the
     first of equal scores, as the reference's strict ``>``."""
     w = torch.tensor(windows, dtype=torch.long, device=sat.device)  # a copy: cached window arrays are read-only
-    s = window_scores(sat, w, q, alpha)
+    s = window_scores(sat, w, q, alpha, root=root)
     best = s.argmax(dim=1)
     return w[best], s.gather(1, best[:, None]).squeeze(1)
 
@@ -68,7 +73,7 @@ _MOVES = ((0, -1), (0, +1), (2, -1), (2, +1), (1, -1), (1, +1), (3, -1), (3, +1)
 
 
 def refine(sat: Tensor, q: Tensor, boxes: Tensor, scores: Tensor, refine_step: int = 3, refine_iter: int = 5,
-           alpha: float = DEFAULT_ALPHA) -> tuple[Tensor, Tensor, Tensor]:
+           alpha: float = DEFAULT_ALPHA, root: str = "exact") -> tuple[Tensor, Tensor, Tensor]:
     """Coordinate-descent refinement of ``aml.c`` (``box_refine``), per image: returns boxes, scores, evaluated."""
     H, W = sat.shape[1] - 1, sat.shape[2] - 1
     limit = torch.tensor([H, W, H, W], device=sat.device)
@@ -93,7 +98,8 @@ def refine(sat: Tensor, q: Tensor, boxes: Tensor, scores: Tensor, refine_step: i
                 if not ok.any():
                     continue
                 idx = ok.nonzero().squeeze(1)
-                s = window_scores(sat, new[idx].unsqueeze(1), q if q.dim() == 1 else q[idx], alpha, images=idx)[:, 0]
+                s = window_scores(sat, new[idx].unsqueeze(1), q if q.dim() == 1 else q[idx], alpha, images=idx,
+                                  root=root)[:, 0]
                 better = s > scores[idx]
                 win = idx[better]
                 boxes[win], scores[win] = new[win], s[better]
@@ -103,17 +109,18 @@ def refine(sat: Tensor, q: Tensor, boxes: Tensor, scores: Tensor, refine_step: i
 
 
 def localize(sat: Tensor, q: Tensor, q_ratio: float | None, step: int = 3, max_ratio: float = 1.1,
-             refine_step: int = 3, refine_iter: int = 5, alpha: float = DEFAULT_ALPHA) -> Localization:
+             refine_step: int = 3, refine_iter: int = 5, alpha: float = DEFAULT_ALPHA,
+             root: str = "exact") -> Localization:
     """AML for a batch of maps of one size: sampled candidates (step ``t``, aspect factor ``s``), then
     refinement. With no candidate (a map too small for the aspect ratio) the search starts from the whole map."""
     H, W = sat.shape[1] - 1, sat.shape[2] - 1
     cands = candidate_windows(H, W, q_ratio, step, max_ratio)
     if len(cands) == 0:
         cands = np.array([[0, 0, H, W]])
-    boxes, scores = best_window(sat, q, cands, alpha)
+    boxes, scores = best_window(sat, q, cands, alpha, root)
     n0 = len(cands)
     if refine_iter > 0 and refine_step > 0:
-        boxes, scores, evaluated = refine(sat, q, boxes, scores, refine_step, refine_iter, alpha)
+        boxes, scores, evaluated = refine(sat, q, boxes, scores, refine_step, refine_iter, alpha, root)
     else:
         evaluated = torch.zeros(len(boxes), dtype=torch.long, device=sat.device)
     return Localization(boxes, scores, evaluated + n0)

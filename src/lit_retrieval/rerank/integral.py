@@ -13,6 +13,11 @@ Precision: a window's sum is a difference of integral-image values, so it keeps 
 total / window sum)`` digits. With the paper's quantized levels (``1..8``, Sec. 7) a channel spans at most
 ``8^10 · H·W``, well inside float64; raw maps whose small values sit more than ~30× below their channel's
 maximum lose those windows at α = 10 (they read as 0) — one more reason the reference quantizes.
+
+Root: ``exact`` takes the α-th root of eq. 3. ``aml_c`` reproduces the reference ``aml.c``, whose Sec. 7
+"binary search on the lookup table of α-th powers" (``find_nearest``, table ``i^10``, ``i = 0..255``) moves the
+upper end to ``middle − 1`` and so returns ``2·⌊j/2⌋``, ``j`` the smallest integer with ``j^10 ≥ v``: only even
+integers (a window whose maximum is a single cell at an odd level ``l`` reads ``l − 1``; 255 for ``j ≥ 255``).
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ import torch
 from torch import Tensor
 
 DEFAULT_ALPHA = 10.0
+ROOTS = ("exact", "aml_c")
+_AML_C_POWERS = torch.tensor([float(i ** 10) for i in range(256)], dtype=torch.float64)  # aml.c's pow_10 table
 
 
 class Workspace:
@@ -52,21 +59,24 @@ def _ipow_(x: Tensor, n: int, tmp: Tensor) -> Tensor:
     return x
 
 
-def power_integral(x: Tensor, alpha: float = DEFAULT_ALPHA, workspace: Workspace | None = None) -> Tensor:
+def power_integral(x: Tensor, alpha: float = DEFAULT_ALPHA, workspace: Workspace | None = None,
+                   power_dtype: torch.dtype = torch.float32) -> Tensor:
     """Integral images of ``x^α``: ``B×C×H×W`` (non-negative) -> ``B×(H+1)×(W+1)×C`` float64.
 
     ``out[b, y, x, c] = Σ_{i<y, j<x} x[b, c, i, j]^α`` (a zero first row and column). The powers are taken in
-    float32 (relative error 6e-8 per element, far below the approximation itself), the sums in float64. The
+    ``power_dtype``: float32 by default (relative error 6e-8 per element, far below the approximation itself);
+    float64 makes the powers of integer levels exact (``7^10`` is not a float32), as the reference's table of
+    doubles, which the even-integer root of ``root="aml_c"`` needs to land on the same side. Sums are float64; the
     prefix sums run as in-place row additions over the whole batch (``torch.cumsum`` along a non-innermost
     dimension is ~3× slower on CPU)."""
     if x.dim() != 4:
         raise ValueError(f"power_integral: expected B×C×H×W maps, got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
     ws = workspace or Workspace()
-    xa = ws.get("power", (B, H, W, C), torch.float32)
+    xa = ws.get("power", (B, H, W, C), power_dtype)
     xa.copy_(x.permute(0, 2, 3, 1))
     if float(alpha).is_integer() and alpha >= 1:
-        _ipow_(xa, int(alpha), ws.get("power_tmp", (B, H, W, C), torch.float32))
+        _ipow_(xa, int(alpha), ws.get("power_tmp", (B, H, W, C), power_dtype))
     else:
         xa.pow_(alpha)
     out = ws.get("integral", (B, H + 1, W + 1, C), torch.float64)
@@ -103,11 +113,31 @@ def window_sums(sat: Tensor, boxes: Tensor, images: Tensor | None = None) -> Ten
     return s.view(B, K, C)
 
 
-def generalized_max(sums: Tensor, alpha: float = DEFAULT_ALPHA) -> Tensor:
+def check_root(root: str, alpha: float) -> None:
+    """Fail on an unknown root, or on ``aml_c`` with an exponent other than the 10 its table is made for."""
+    if root not in ROOTS:
+        raise ValueError(f"root={root!r}: choose exact (the root of eq. 3) or aml_c (the reference aml.c's)")
+    if root == "aml_c" and float(alpha) != 10.0:
+        raise ValueError(f"root=aml_c is aml.c's table of 10th powers: it needs alpha=10, got alpha={alpha}")
+
+
+def aml_c_root(sums: Tensor) -> Tensor:
+    """The 10th root as ``aml.c``'s ``fast_root_10`` computes it (see the module notes): ``2·⌊j/2⌋`` with ``j``
+    the smallest integer whose 10th power is ``≥ v`` (255 when ``j ≥ 255``), 0 for ``v ≤ 0``. Float32."""
+    s = sums.to(torch.float64)
+    j = torch.searchsorted(_AML_C_POWERS.to(s.device), s.contiguous(), side="left")
+    out = torch.where(j >= 255, torch.full_like(j, 255), j - j % 2)
+    return torch.where(s > 0, out, torch.zeros_like(out)).to(torch.float32)
+
+
+def generalized_max(sums: Tensor, alpha: float = DEFAULT_ALPHA, root: str = "exact") -> Tensor:
     """``(Σ x^α)^(1/α)`` from window sums (float32). Tiny negative sums left by float cancellation become 0.
 
-    The reference code rounds this root to an integer (binary search in its table of powers); the exact root
-    is used here."""
+    ``root="exact"``: the root of eq. 3. ``root="aml_c"``: the reference code's table search, which returns only
+    even integers (:func:`aml_c_root`; α must be 10)."""
+    check_root(root, alpha)
+    if root == "aml_c":
+        return aml_c_root(sums)
     return sums.clamp_min(0).pow(1.0 / alpha).to(torch.float32)
 
 

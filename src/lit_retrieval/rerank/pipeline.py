@@ -4,7 +4,10 @@ Steps: the database's activation maps are extracted once and kept in an :class:`
 (quantized as in the paper's Sec. 7 by default; cached on disk and resumable like the descriptors); the
 queries' MAC vectors are extracted (cached) for localization; then, query by query, the top ``N`` of the
 initial ranking are localized and re-ranked (:func:`~.rerank.rerank_shortlist`), optionally followed by the
-window query expansion. Everything below the short-list keeps its initial order.
+window query expansion (``qe.weighting``: ``uniform``, the paper's mean, or ``alpha``, windows weighted by
+their similarity to the query to the power ``qe.alpha``). Everything below the short-list keeps its initial
+order. Reference-code behaviours are options: ``rerank.root=aml_c`` (``aml.c``'s even-integer root in the
+localization), ``rerank.window_power=2`` (``test.m``'s power-law on the window MAC before L2 and whitening).
 """
 from __future__ import annotations
 
@@ -21,13 +24,28 @@ from tqdm.auto import tqdm
 
 from ..data import RetrievalDataset
 from ..retrieval import ImageItem, build_method, image_loader
-from .integral import Workspace
+from .integral import Workspace, check_root
 from .rerank import Reranked, WindowDescriptor, rerank_shortlist, window_query_expansion
 from .storage import ActivationStore
 
 log = logging.getLogger(__name__)
 
 FILTERING = ("mac", "rmac")
+QE_WEIGHTINGS = ("uniform", "alpha")
+
+
+def qe_alpha(qe: DictConfig) -> float:
+    """The window-QE exponent: 0 (uniform mean) for ``qe.weighting=uniform``, ``qe.alpha`` for ``alpha``."""
+    weighting = str(qe.get("weighting", "uniform"))
+    if weighting not in QE_WEIGHTINGS:
+        raise ValueError(f"qe.weighting={weighting!r}: choose uniform (the paper's mean) or alpha (similarity^alpha)")
+    if weighting == "uniform":
+        return 0.0
+    alpha = float(qe.alpha)
+    if not alpha > 0:
+        raise ValueError(f"qe.weighting=alpha weights windows by similarity^qe.alpha: qe.alpha must be > 0, "
+                         f"got {alpha}")
+    return alpha
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -43,17 +61,25 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"rerank=aml re-scores localized windows with the filtering's own descriptor, MAC or R-MAC "
                          f"(Tolias et al. Sec. 6); method={cfg.method.name} is not one: use method=mac or "
                          "method=rmac (variant cirtorch or tolias)")
+    check_root(str(cfg.rerank.get("root", "exact")), float(cfg.rerank.alpha))
+    power = cfg.rerank.get("window_power")
+    if power is not None and not float(power) > 0:
+        raise ValueError(f"rerank.window_power={power}: use null (no power-law) or an exponent > 0 (2 = test.m)")
+    if qe == "aml":
+        qe_alpha(cfg.qe)
     if cfg.topk is not None and int(cfg.topk) < int(cfg.rerank.n):
         raise ValueError(f"rerank.n={cfg.rerank.n} re-ranks more images than the search keeps (topk={cfg.topk}): "
                          "raise topk (or null) or lower rerank.n")
 
 
 def window_spec(cfg: DictConfig, method: torch.nn.Module) -> WindowDescriptor:
+    power = cfg.rerank.get("window_power")
+    power = None if power is None else float(power)
     if cfg.method.name == "mac":
-        return WindowDescriptor("mac")
+        return WindowDescriptor("mac", power=power)
     variant = str(cfg.method.get("variant", "cirtorch"))
     white = method.learned.get("region_whitening") if variant == "tolias" else None
-    return WindowDescriptor("rmac", int(cfg.method.L), variant, white)
+    return WindowDescriptor("rmac", int(cfg.method.L), variant, white, power)
 
 
 def activation_store(cfg: DictConfig, base_key: dict[str, Any], dataset: RetrievalDataset) -> ActivationStore:
@@ -119,16 +145,18 @@ def run_aml(cfg: DictConfig, dataset: RetrievalDataset, backbone: torch.nn.Modul
     per_query: list[Reranked] = []
     timer: dict[str, float] = {}
     workspace = Workspace()
+    root = str(r.get("root", "exact"))
+    alpha_qe = qe_alpha(cfg.qe) if ranks_qe is not None else 0.0
     t1 = time.perf_counter()
     for qi in tqdm(range(len(q_desc)), desc=f"AML re-ranking top {n}", leave=False):
         short = ranks[qi, :n]
         rr = rerank_shortlist([store.shape(int(i)) for i in short], lambda j: store.values(int(short[j])),
                               torch.from_numpy(np.ascontiguousarray(q_mac[qi])), q_desc[qi], ratios[qi], spec,
                               whiten, int(r.step), float(r.max_ratio), int(r.refine_step), int(r.refine_iter),
-                              float(r.alpha), timer=timer, workspace=workspace)
+                              float(r.alpha), timer=timer, workspace=workspace, root=root)
         ranks_rr[qi, :n] = short[rr.order]
         if ranks_qe is not None:
-            order, _ = window_query_expansion(q_desc[qi], rr, int(cfg.qe.k))
+            order, _ = window_query_expansion(q_desc[qi], rr, int(cfg.qe.k), alpha_qe)
             ranks_qe[qi, :n] = short[order]
         per_query.append(rr)
     t_rerank = time.perf_counter() - t1

@@ -7,7 +7,14 @@ MAC, or R-MAC built on the window only (its own R-MAC grid, from the same integr
 "regional feature vectors efficiently computed with integral images") — post-processed like the database
 descriptors (L2, the evaluation's whitening, L2); the short-list is re-ordered by its similarity to the query
 descriptor. QE: the mean of the query descriptor and the top ``k`` re-ranked window descriptors re-scores the
-short-list's window descriptors once more.
+short-list's window descriptors once more (``test.m``: the windows' descriptors, post-processed exactly as the
+re-ranking's, plus the query's own filtering descriptor, all with weight 1); with ``alpha > 0`` each window is
+weighted by its similarity to the query to the power α instead (α-QE on windows, Radenović et al.), so that
+a short-list whose top entries are mostly wrong pulls the query less.
+
+Reference options: ``WindowDescriptor.power`` is ``test.m``'s power-law on the window MAC before the L2 and the
+whitening (exponent 2 in its MAC branch); ``rerank_shortlist(root="aml_c")`` localizes with ``aml.c``'s
+even-integer root (:func:`~.integral.aml_c_root`).
 """
 from __future__ import annotations
 
@@ -21,20 +28,29 @@ from torch import Tensor
 
 from ..pooling import l2n
 from ..regions import rmac_grid
+from ..retrieval.qe import expand_queries
 from .aml import localize
-from .integral import DEFAULT_ALPHA, Workspace, generalized_max, power_integral, window_sums
+from .integral import DEFAULT_ALPHA, Workspace, check_root, generalized_max, power_integral, window_sums
 
 
 @dataclass(frozen=True)
 class WindowDescriptor:
     """What a localized window is described with: ``mac``, or ``rmac`` (``L`` levels; ``variant`` ``cirtorch``:
     the whole window + its grid, sum of L2-normalised regions; ``tolias``: grid only, each region L2 ->
-    ``region_whitening`` -> L2, summed)."""
+    ``region_whitening`` -> L2, summed). ``power``: raise each max-pooled vector (the window's MAC, or each
+    R-MAC region's) to this power before its L2, as ``test.m`` does (``vecpostproc(y, 2)``) on the window MAC
+    before the whitening; ``None``: no power-law (the paper)."""
 
     kind: str = "mac"
     L: int = 3
     variant: str = "cirtorch"
     region_whitening: Callable[[Tensor], Tensor] | None = None
+    power: float | None = None
+
+    def pooled(self, sums: Tensor, alpha: float) -> Tensor:
+        """L2-normalised (power-law'd) approximate max-pooled vectors from window sums of ``x^α``."""
+        f = generalized_max(sums, alpha)
+        return l2n(f if self.power is None else f.pow(float(self.power)))
 
 
 def _window_regions(h: int, w: int, L: int, whole: bool) -> np.ndarray:
@@ -47,8 +63,10 @@ def _window_regions(h: int, w: int, L: int, whole: bool) -> np.ndarray:
 def window_descriptors(sat: Tensor, boxes: Tensor, spec: WindowDescriptor, alpha: float = DEFAULT_ALPHA,
                        max_elements: int = 1 << 19) -> Tensor:
     """Descriptors (``B×C``, before whitening, L2-normalised) of one window per map, by integral max-pooling."""
+    if spec.power is not None and not float(spec.power) > 0:
+        raise ValueError(f"window power-law exponent must be > 0 (or None), got {spec.power}")
     if spec.kind == "mac":
-        return l2n(generalized_max(window_sums(sat, boxes.unsqueeze(1)), alpha)[:, 0])
+        return spec.pooled(window_sums(sat, boxes.unsqueeze(1)), alpha)[:, 0]
     if spec.kind != "rmac" or spec.variant not in ("cirtorch", "tolias"):
         raise ValueError(f"window descriptor {spec.kind}/{spec.variant}: AML re-scores windows with mac or rmac "
                          "(variant cirtorch or tolias)")
@@ -71,7 +89,7 @@ def window_descriptors(sat: Tensor, boxes: Tensor, spec: WindowDescriptor, alpha
     out = []
     for b0 in range(0, len(boxes), step):
         images = torch.arange(b0, min(b0 + step, len(boxes)), device=boxes.device)
-        v = l2n(generalized_max(window_sums(sat, regions_t[images], images), alpha))
+        v = spec.pooled(window_sums(sat, regions_t[images], images), alpha)
         if spec.variant == "tolias":
             v = l2n(spec.region_whitening(v))
         out.append(l2n((v * valid_t[images]).sum(1)))
@@ -98,13 +116,16 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
                      whiten: Callable[[np.ndarray], np.ndarray] | None = None, step: int = 3, max_ratio: float = 1.1,
                      refine_step: int = 3, refine_iter: int = 5, alpha: float = DEFAULT_ALPHA,
                      max_bytes: int = 1 << 30, timer: dict[str, float] | None = None,
-                     workspace: Workspace | None = None) -> Reranked:
+                     workspace: Workspace | None = None, root: str = "exact") -> Reranked:
     """AML re-ranking of one query's short-list of ``len(shapes)`` images: ``shapes[i]`` is the ``(C, H, W)`` of
     entry ``i``'s activation map (``None``: no map; it keeps score −1 and sinks to the end of the short-list),
     ``load(i)`` returns that map (levels or raw values, any numeric dtype). Maps are grouped by size and loaded
     in batches of at most ``max_bytes`` of integral images, so a short-list never sits decoded in memory at
     once. ``timer`` accumulates seconds per stage (``load``, ``integral``, ``localize``, ``describe``); pass
-    one ``workspace`` for all the queries of a run (its buffers are reused)."""
+    one ``workspace`` for all the queries of a run (its buffers are reused). ``root``: the localization's α-th
+    root, ``exact`` or ``aml_c`` (the reference's, with exact float64 powers as its table of doubles)."""
+    check_root(root, alpha)
+    power_dtype = torch.float64 if root == "aml_c" else torch.float32
     n, D = len(shapes), len(q_desc)
     scores = np.full(n, -1.0, np.float32)
     aml_scores = np.full(n, -1.0, np.float32)
@@ -133,9 +154,9 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
             for j, i in enumerate(idx):  # decoded straight into the reused batch buffer
                 x[j].copy_(torch.from_numpy(np.asarray(load(i))))
             t = tick("load", t)
-            sat = power_integral(x, alpha, workspace)
+            sat = power_integral(x, alpha, workspace, power_dtype)
             t = tick("integral", t)
-            loc = localize(sat, q_mac, q_ratio, step, max_ratio, refine_step, refine_iter, alpha)
+            loc = localize(sat, q_mac, q_ratio, step, max_ratio, refine_step, refine_iter, alpha, root)
             t = tick("localize", t)
             v = window_descriptors(sat, loc.boxes, spec, alpha).numpy()
             desc[idx] = whiten(v) if whiten is not None else v
@@ -147,11 +168,17 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
     return Reranked(order, scores, boxes, feature_hw, aml_scores, desc)
 
 
-def window_query_expansion(q_desc: np.ndarray, r: Reranked, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """AML-QE (``test.m``): the mean of the query and the top-``k`` re-ranked window descriptors re-scores the
-    short-list's window descriptors. Returns ``(order, scores)`` over the short-list."""
+def window_query_expansion(q_desc: np.ndarray, r: Reranked, k: int = 5,
+                           alpha: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """AML-QE: the query expanded with the top-``k`` re-ranked window descriptors re-scores the short-list's
+    window descriptors. ``alpha = 0``: ``test.m``'s mean of the query and the windows (uniform weights);
+    ``alpha > 0``: window ``i`` weighs ``max(s_i, 0)^α``, ``s_i`` its re-ranking similarity to the query (the
+    query itself weighs 1 = 1^α). Entries without a map are left out of the expansion and score ``−inf``.
+    Returns ``(order, scores)`` over the short-list; the expanded query is L2-normalised (the order is that of
+    the plain mean)."""
     top = r.order[:k]
     top = top[r.boxes[top, 0] >= 0]
-    mean = np.concatenate([r.descriptors[top], q_desc[None]]).mean(0)
-    scores = np.where(r.boxes[:, 0] >= 0, r.descriptors @ mean, -np.inf).astype(np.float32)
+    expanded = expand_queries(np.asarray(q_desc, np.float32)[None], r.descriptors, top[None],
+                              np.asarray(r.scores, np.float32)[top][None], k=len(top), alpha=float(alpha))[0]
+    scores = np.where(r.boxes[:, 0] >= 0, r.descriptors @ expanded, -np.inf).astype(np.float32)
     return np.argsort(-scores, kind="stable"), scores

@@ -12,6 +12,14 @@ in two steps:
    :math:`N_{min}` largest pixels would all sit in one blob around the maximum, smaller than a feature cell, and
    every candidate region would vanish on the feature map.
 
+:math:`N_{min}` is a number of keypoints detected on the image; as a number of cells it is the top
+:math:`300 / 3072 \\approx 10\\%` of the paper's maps (VGG19 conv5, stride 16, 1024x768 images: 64x48 cells). A
+stride-32 map of a 384-512 px image has 108-192 cells, fewer than :math:`N_{min}`: taken literally the fallback
+would select every cell, the clusters would tile the grid whatever :math:`\\alpha` is, and the regions would no
+longer depend on :math:`\\alpha`. :func:`fallback_count` therefore caps the fallback at ``n_min_fraction`` (0.1,
+the paper's proportion) of the cells: :math:`\\min(N_{min}, \\mathrm{round}(0.1\\,hw))`, which is
+:math:`N_{min}` itself on maps of 3000 cells or more and the top 10% by :math:`\\alpha` below.
+
 Why kornia's detector: :class:`kornia.feature.ScaleSpaceDetector` with the determinant-of-Hessian response
 (:class:`kornia.feature.BlobHessian`) and :class:`kornia.feature.LAFAffineShapeEstimator` is a maintained, tested,
 pure-torch Hessian(-affine) implementation (scale pyramid, 3-D non-maximum suppression, sub-pixel refinement), with
@@ -29,13 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DEFAULT_HESSIAN_THRESHOLD", "hessian_affine_keypoints", "salient_points"]
+__all__ = ["DEFAULT_HESSIAN_THRESHOLD", "DEFAULT_N_MIN_FRACTION", "fallback_count", "hessian_affine_keypoints",
+           "salient_points"]
 
 #: Response threshold of :func:`hessian_affine_keypoints`, on the scale of a ``[0, 1]`` image:
 #: ``(16 / 3 / 255) ** 2 ~= 4.37e-4``, the default of Perdoch's reference Hessian-affine detector (``hesaff``: a
 #: threshold of ``16 / 3`` on ``[0, 255]`` grey levels, squared because det H is quadratic in the intensity), which
 #: uses the same scale normalisation :math:`\sigma^4 \det H` with exact second differences, as kornia's does.
 DEFAULT_HESSIAN_THRESHOLD: float = (16.0 / 3.0 / 255.0) ** 2
+
+#: Largest share of the feature cells the :math:`N_{min}` fallback may select (:func:`fallback_count`): the paper's
+#: :math:`N_{min} = 300` of the 64x48 = 3072 stride-16 cells of a 1024x768 image, rounded.
+DEFAULT_N_MIN_FRACTION: float = 0.1
 
 
 def _check_image(image: Tensor) -> None:
@@ -137,6 +150,23 @@ def hessian_affine_keypoints(
     return kornia.feature.get_laf_center(lafs)[0].float()
 
 
+def fallback_count(n_cells: int, n_min: int, n_min_fraction: float | None = DEFAULT_N_MIN_FRACTION) -> int:
+    r"""How many cells of an ``n_cells`` map the :math:`N_{min}` fallback of :func:`salient_points` selects.
+
+    :math:`\min(N_{min}, \max(1, \mathrm{round}(f \cdot n_{cells})), n_{cells})` with ``f = n_min_fraction``; with
+    ``n_min_fraction=None``, :math:`\min(N_{min}, n_{cells})` (the paper's :math:`N_{min}` taken literally, which is
+    every cell of a map with at most :math:`N_{min}` cells). With ``f < 1`` it is below ``n_cells`` on any map of
+    two cells or more. ``n_min=0`` gives 0.
+    """
+    if n_min_fraction is not None and not 0.0 < n_min_fraction <= 1.0:  # also rejects NaN
+        raise ValueError(
+            f"salient_points: n_min_fraction must lie in (0, 1] or be None, got {n_min_fraction!r}; the default "
+            f"{DEFAULT_N_MIN_FRACTION} keeps the paper's share of the cells (N_min = 300 of 3072)."
+        )
+    cap = n_cells if n_min_fraction is None else max(1, round(n_min_fraction * n_cells))
+    return min(n_min, cap, n_cells)
+
+
 def _check_salient_inputs(
     alpha: Tensor, image_hw: tuple[int, int], keypoints: Tensor | None, n_max: int, n_min: int
 ) -> tuple[int, int]:
@@ -190,6 +220,7 @@ def salient_points(
     keypoints: Tensor | None,
     n_max: int = 4000,
     n_min: int = 300,
+    n_min_fraction: float | None = DEFAULT_N_MIN_FRACTION,
 ) -> tuple[Tensor, bool]:
     r"""The salient point set :math:`\mathbf{P}` of Sec. 2, and whether the :math:`N_{min}` fallback was used.
 
@@ -202,14 +233,18 @@ def salient_points(
         \mathbf{P} = \begin{cases}
             [\mathbf{k}_{\pi(1)}, \dots, \mathbf{k}_{\pi(\min(P, N_{max}))}],\ a_{\pi(1)} \ge a_{\pi(2)} \ge \dots
                 & \text{if } P \ge N_{min},\\
-            \text{centres of the } N_{min} \text{ largest cells of } \alpha & \text{if } P < N_{min}
-                \text{ or keypoints is None.}
+            \text{centres of the } n \text{ largest cells of } \alpha & \text{if } P < N_{min}
+                \text{ or keypoints is None,}
         \end{cases}
 
+    with :math:`n` = :func:`fallback_count` ``(h·w, n_min, n_min_fraction)``: :math:`N_{min}` on maps of at least
+    :math:`N_{min} / f` cells, the top fraction :math:`f` of the cells by :math:`\alpha` on coarser ones, so that
+    the fallback stays selective (and its regions depend on :math:`\alpha`) at stride 32. ``n_min_fraction=None``
+    takes :math:`N_{min}` literally: every cell when :math:`N_{min} \ge h·w`.
+
     Both orders are stable: equal :math:`a_i` keep the keypoints' order, equal :math:`\alpha` values the raster
-    (row-major) order. The fallback takes all ``h·w`` cells when ``N_min`` exceeds their number, listed by
-    descending :math:`\alpha`; cell ``(i, j)``'s centre is ``((j + ½)·W_I/w − ½, (i + ½)·H_I/h − ½)`` in the
-    keypoints' pixel convention.
+    (row-major) order. The fallback lists its cells by descending :math:`\alpha`; cell ``(i, j)``'s centre is
+    ``((j + ½)·W_I/w − ½, (i + ½)·H_I/h − ½)`` in the keypoints' pixel convention.
 
     Args:
         alpha: ``h x w`` floating map at the feature-map resolution (Eq. 1).
@@ -217,6 +252,7 @@ def salient_points(
         keypoints: ``Px2`` ``(x, y)`` pixel coordinates (e.g. :func:`hessian_affine_keypoints`), or None.
         n_max: :math:`N_{max}`, the most points kept (>= 1).
         n_min: :math:`N_{min}`, fewer keypoints than this trigger the fallback (0 <= n_min <= n_max).
+        n_min_fraction: the largest share of the ``h·w`` cells the fallback selects, in ``(0, 1]``, or None (no cap).
 
     Returns:
         ``(points, fallback)``: ``Nx2`` float32 ``(x, y)`` pixel coordinates on ``alpha``'s device (the kept
@@ -224,9 +260,10 @@ def salient_points(
         was used.
     """
     height, width = _check_salient_inputs(alpha, image_hw, keypoints, n_max, n_min)
+    h, w = alpha.shape
+    count = fallback_count(h * w, n_min, n_min_fraction)
     if keypoints is None or keypoints.shape[0] < n_min:
-        h, w = alpha.shape
-        order = torch.sort(alpha.flatten().float(), descending=True, stable=True).indices[:n_min]
+        order = torch.sort(alpha.flatten().float(), descending=True, stable=True).indices[:count]
         rows, cols = torch.div(order, w, rounding_mode="floor"), order % w
         points = torch.stack(((cols + 0.5) * (width / w) - 0.5, (rows + 0.5) * (height / h) - 0.5), dim=1)
         return points.float(), True

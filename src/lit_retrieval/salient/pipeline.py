@@ -1,12 +1,13 @@
 """``eval.py method=salient_regions``: Jeong et al.'s candidate regions, region descriptors and region matching.
 
 Pass 1 (every image): feature map -> α, β (eqs. 1-2) -> salient points (Hessian-affine keypoints sorted by α,
-or the ``N_min`` α maxima) -> global k-means into L clusters -> power-set convex-hull regions on the feature
+or, with fewer than ``N_min`` keypoints, the largest α cells: ``N_min`` of them, at most ``method.n_min_fraction``
+of the map's cells) -> global k-means into L clusters -> power-set convex-hull regions on the feature
 map -> 1st-order descriptors (eq. 3 for the PCA of eq. 4, eq. 9 for the O1 variants).
 Order 2 adds pass 2: the eq. 4 basis ``U¹`` is learned from the eq. 3 region descriptors of the PCA image set
-(by default the database), every image's feature map is recomputed (deterministic; nothing big is kept in
-memory between passes), projected, 2nd-order pooled (eq. 5), and PCA-whitened to ``D`` (eq. 6) with the
-whitening learned on the PCA set's region descriptors.
+(``method.pca_dataset``: by default a disjoint procedural benchmark), every image's feature map is recomputed
+(deterministic; nothing big is kept in memory between passes), projected, 2nd-order pooled (eq. 5), and
+PCA-whitened to ``D`` (eq. 6) with the whitening learned on the PCA set's region descriptors.
 Queries with a box are cropped and described by their whole region only (the paper's protocol);
 ``method.query=full`` keeps them uncropped with all their regions.
 """
@@ -25,10 +26,11 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..data import RetrievalDataset, load_dataset
+from ..data.provenance import LearnedSets, is_transductive
 from ..retrieval import ImageItem, dataset_items, image_loader, search
 from ..whitening import Whitening, pca_basis
 from .descriptors import DEFAULT_EIG_FLOOR, first_order, project_local, second_order
-from .keypoints import hessian_affine_keypoints, salient_points
+from .keypoints import DEFAULT_N_MIN_FRACTION, hessian_affine_keypoints, salient_points
 from .matching import RegionSet, rank, region_similarity, regional_query_expansion
 from .regions import candidate_regions, global_kmeans
 from .weights import channel_weights, spatial_weights
@@ -47,6 +49,7 @@ class Settings:
     clusters: int = 3
     n_max: int = 4000
     n_min: int = 300
+    n_min_fraction: float | None = DEFAULT_N_MIN_FRACTION
     reduced_dim: int = 128
     dim: int = 512
     beta_eps: float = 1e-6
@@ -70,6 +73,8 @@ class Settings:
             bad.append(f"method.clusters={self.clusters} (L in 1..6: 2^L regions)")
         if not 0 < self.n_min <= self.n_max:
             bad.append(f"method.n_min={self.n_min}, method.n_max={self.n_max} (0 < n_min <= n_max)")
+        if self.n_min_fraction is not None and not 0 < self.n_min_fraction <= 1:
+            bad.append(f"method.n_min_fraction={self.n_min_fraction} (in (0, 1], or null: N_min cells uncapped)")
         if not (self.eig_floor > 0 and self.beta_eps > 0):
             bad.append(f"method.eig_floor={self.eig_floor}, method.beta_eps={self.beta_eps} (both > 0)")
         if self.reduced_dim < 1 or self.dim < 1:
@@ -80,8 +85,10 @@ class Settings:
     @classmethod
     def from_cfg(cls, m: DictConfig) -> "Settings":
         kp = m.get("keypoints") or {}
+        frac = m.get("n_min_fraction", DEFAULT_N_MIN_FRACTION)
         return cls(order=int(m.order), regions=str(m.regions), query=str(m.query), clusters=int(m.clusters),
-                   n_max=int(m.n_max), n_min=int(m.n_min), reduced_dim=int(m.reduced_dim), dim=int(m.dim),
+                   n_max=int(m.n_max), n_min=int(m.n_min), n_min_fraction=None if frac is None else float(frac),
+                   reduced_dim=int(m.reduced_dim), dim=int(m.dim),
                    beta_eps=float(m.beta_eps), eig_floor=float(m.eig_floor),
                    detector=str(kp.get("detector", "hessian_affine")),
                    threshold=None if kp.get("threshold") is None else float(kp.get("threshold")),
@@ -95,8 +102,9 @@ class Settings:
 @dataclass
 class Proposal:
     """Pass 1 of one image: region ``masks`` ``M×h×w`` on its feature map (the whole image last), salient
-    ``points`` ``N×2`` (x, y) image pixels, ``fallback`` (the ``N_min`` α maxima were used), the processed
-    ``image_hw``, and its region descriptors ``first`` (eq. 3) and ``o1`` (eq. 9), ``M×K``."""
+    ``points`` ``N×2`` (x, y) image pixels, ``fallback`` (the largest α cells were used: then ``points`` are
+    their centres, one per cell), the processed ``image_hw``, its region descriptors ``first`` (eq. 3) and ``o1``
+    (eq. 9), ``M×K``, and ``regional`` (salient points and regions were computed; False: the whole image only)."""
 
     masks: np.ndarray
     points: np.ndarray
@@ -104,6 +112,28 @@ class Proposal:
     image_hw: tuple[int, int]
     first: np.ndarray
     o1: np.ndarray
+    regional: bool = True
+
+    @property
+    def cells_kept(self) -> float | None:
+        """Share of the feature cells the fallback selected (None without the fallback)."""
+        return len(self.points) / self.masks[0].size if self.fallback else None
+
+
+def fallback_summary(props: Sequence[Proposal | None]) -> dict[str, Any] | None:
+    """How often the α-cell fallback fired over one image list, and what it selected: ``images`` (with salient
+    points), ``fallback`` (count), ``fraction``, ``cells_kept_mean`` (mean share of the map's cells the fallback
+    selected), ``cells_mean`` (mean number of cells) and ``all_cells`` (fallback images where every cell was
+    selected, so that their regions do not depend on α). None when no image had salient points (whole image only)."""
+    ps = [p for p in props if p is not None and p.regional]
+    if not ps:
+        return None
+    fb = [p for p in ps if p.fallback]
+    kept = [p.cells_kept for p in fb]
+    return {"images": len(ps), "fallback": len(fb), "fraction": round(len(fb) / len(ps), 4),
+            "cells_kept_mean": round(float(np.mean(kept)), 4) if fb else None,
+            "cells_mean": round(float(np.mean([len(p.points) for p in fb])), 2) if fb else None,
+            "all_cells": sum(k >= 1.0 for k in kept)}
 
 
 def propose(image: Tensor, fmap: Tensor, s: Settings, with_regions: bool) -> Proposal:
@@ -117,7 +147,7 @@ def propose(image: Tensor, fmap: Tensor, s: Settings, with_regions: bool) -> Pro
         if s.detector == "hessian_affine":
             extra = {} if s.threshold is None else {"threshold": s.threshold}
             kp = hessian_affine_keypoints(image, max_keypoints=s.max_keypoints, affine=s.affine, **extra)
-        pts, fallback = salient_points(alpha, (H, W), kp, s.n_max, s.n_min)
+        pts, fallback = salient_points(alpha, (H, W), kp, s.n_max, s.n_min, s.n_min_fraction)
         # keypoints put pixel u's centre at u; regions test cell centres in continuous coordinates (pixel u
         # spans [u, u + 1)): shift by half a pixel so that a fallback point lies exactly on its cell's centre
         points = pts.numpy().astype(np.float32) + 0.5
@@ -127,7 +157,7 @@ def propose(image: Tensor, fmap: Tensor, s: Settings, with_regions: bool) -> Pro
         masks = np.ones((1, h, w), bool)
     m = torch.from_numpy(np.ascontiguousarray(masks))
     return Proposal(masks, points, bool(fallback), (int(H), int(W)), first_order(fmap, m, beta).numpy(),
-                    first_order(fmap, m, beta, alpha).numpy())
+                    first_order(fmap, m, beta, alpha).numpy(), with_regions)
 
 
 def describe_second(fmap: Tensor, masks: np.ndarray, basis: Tensor, s: Settings) -> np.ndarray:
@@ -182,8 +212,8 @@ class SalientRegions:
         """Pass 1, remembered per image list and proposal settings (variants that differ only in order,
         dimensions or QE reuse it)."""
         s = self.s
-        key = (tuple(items), with_regions, s.clusters, s.n_max, s.n_min, s.beta_eps, s.detector, s.threshold,
-               s.max_keypoints)
+        key = (tuple(items), with_regions, s.clusters, s.n_max, s.n_min, s.n_min_fraction, s.beta_eps, s.detector,
+               s.threshold, s.max_keypoints)
         if key not in self._proposals:
             self._proposals[key] = self._each(items, "propose", f"{desc}/regions",
                                               lambda i, img, fmap: propose(img, fmap, self.s, with_regions))
@@ -227,13 +257,15 @@ def learn_second_whitening(f2: Sequence[np.ndarray | None], dim: int, source: st
 
 @dataclass
 class Described:
-    """Both sides of a run: region sets, pass-1 proposals (for pictures), and what was learned."""
+    """Both sides of a run: region sets, pass-1 proposals (for pictures), and what was learned (``pca_props``:
+    the proposals of a separate order-2 PCA set, else None)."""
 
     db: RegionSet
     queries: RegionSet
     db_props: list[Proposal | None]
     q_props: list[Proposal | None]
     whitening: Whitening | None
+    pca_props: list[Proposal | None] | None = None
 
 
 def describe_dataset(runner: SalientRegions, dataset: RetrievalDataset,
@@ -267,7 +299,7 @@ def describe_dataset(runner: SalientRegions, dataset: RetrievalDataset,
 
     D = white.dims
     return Described(pad_regions([whiten(v) for v in db_f2], D), pad_regions([whiten(v) for v in q_f2], D),
-                     db_props, q_props, white)
+                     db_props, q_props, white, None if pca_dataset is None else pca_props)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -290,14 +322,41 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("method=salient_regions describes images at one scale: drop scales=... (keep [1])")
 
 
-def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, num_workers: int) -> dict[str, Any]:
+def report_fallback(d: Described, s: Settings) -> dict[str, dict[str, Any] | None]:
+    """:func:`fallback_summary` of the database, the queries and the separate PCA set (``None`` where an image list
+    had no salient points), logged; a warning names the images whose fallback selected every cell of α."""
+    sides = {"db": d.db_props, "query": d.q_props, "pca": d.pca_props or []}
+    out = {side: fallback_summary(props) for side, props in sides.items()}
+    for side, f in out.items():
+        if f is None:
+            continue
+        log.info("salient points, %s: %d of %d images (%.1f%%) had fewer than N_min = %d keypoints and took the "
+                 "largest alpha cells (mean %s of the cells)", side, f["fallback"], f["images"], 100 * f["fraction"],
+                 s.n_min, "-" if f["cells_kept_mean"] is None else f"{100 * f['cells_kept_mean']:.1f}%")
+        if f["all_cells"]:
+            log.warning("salient points, %s: on %d image(s) the N_min fallback selected every cell of alpha "
+                        "(method.n_min=%d, method.n_min_fraction=%s): their candidate regions do not depend on "
+                        "alpha. Keep method.n_min_fraction below 1 (default %s) to select only the largest alpha "
+                        "cells; a map of one cell has no other.", side, f["all_cells"], s.n_min, s.n_min_fraction,
+                        DEFAULT_N_MIN_FRACTION)
+    return out
+
+
+def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, num_workers: int,
+                learned: LearnedSets | None = None) -> dict[str, Any]:
     """The whole method for ``eval.py``: returns ``ranks`` (``n_q × k``), ``stages`` (initial / regional_qe
-    ranks), ``info`` (settings, regions and bytes per image, timings) and ``described`` (for pictures)."""
+    ranks), ``info`` (settings, regions and bytes per image, timings) and ``described`` (for pictures).
+    ``learned``: the run's content checks; the order-2 PCA sets (``method.pca_dataset``) are checked there."""
     s = Settings.from_cfg(cfg.method)
     runner = SalientRegions(backbone, s, cfg.image_size, str(cfg.device), num_workers,
                             bool(cfg.skip_bad_images), bool(cfg.exif_transpose))
     src = cfg.method.pca_dataset
-    pca_dataset = None if src.kind == "same" else load_dataset(src)
+    pca_dataset = None if is_transductive(src) else load_dataset(src)
+    if learned is not None and s.order == 2:
+        if pca_dataset is None:
+            learned.transductive("salient_pca", "method.pca_dataset")
+        else:
+            learned.check_dataset("salient_pca", pca_dataset, "method.pca_dataset")
     d = describe_dataset(runner, dataset, pca_dataset)
     k = None if cfg.topk is None else int(cfg.topk)
     t = time.perf_counter()
@@ -314,7 +373,7 @@ def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, 
     search(d.queries.select(d.queries.counts - 1).vectors[:, 0], whole.vectors[:, 0], k=k)
     t_global = time.perf_counter() - t
     n_q = max(len(d.queries), 1)
-    props = [p for p in d.db_props if p is not None]
+    fallback = report_fallback(d, s)
 
     def per_image(stage: str) -> float:
         return round(runner.timer.get(stage, 0.0) / max(runner.counts.get(stage, 0), 1), 4)
@@ -324,7 +383,8 @@ def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, 
         "settings": dict(vars(s)),
         "regions_per_image": {"db": round(float(d.db.counts.mean()), 3),
                               "query": round(float(d.queries.counts.mean()), 3)},
-        "salient_fallback_fraction": round(float(np.mean([p.fallback for p in props])) if props else 0.0, 4),
+        "salient_fallback_fraction": None if fallback["db"] is None else fallback["db"]["fraction"],
+        "salient_fallback": fallback,
         "dim": int(d.db.vectors.shape[2]),
         "bytes_per_image": round(float(d.db.counts.mean()) * d.db.vectors.shape[2] * 4, 1),
         "time_s": {"propose_per_image": per_image("propose"), "describe_per_image": per_image("describe"),
