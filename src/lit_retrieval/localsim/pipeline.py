@@ -129,10 +129,6 @@ def _square(n: int, what: str) -> int:
     return g
 
 
-#: ``method.pq.dataset`` kind that learns a new quantizer on the evaluated database itself
-TRANSDUCTIVE = "transductive"
-
-
 def pq_plan(s: Settings, stored: GridQuantizer | None, ckpt_path: str) -> tuple[str, int | None, int | None]:
     """How the gallery grids are stored: ``("checkpoint", M, nbits)`` (the quantizer ``stored`` in the checkpoint,
     which the subnet was fine-tuned on), ``("learned", M, nbits)`` (a new one, learned on ``method.pq.dataset``:
@@ -170,15 +166,12 @@ def learn_quantizer(net: LocalSimilarityNet, source: Mapping[str, Any] | None, e
     if source is None or source.get("kind") is None:
         raise ValueError("method=local_similarity: learning a product quantizer needs method.pq.dataset: a dataset "
                          "config (e.g. {kind: embedded, seed: 1, name: embedded-s1, cache_dir: ...}) or "
-                         f"{{kind: {TRANSDUCTIVE}}} for the evaluated database")
+                         "{kind: transductive} for the evaluated database")
     transductive = is_transductive(source)
     learned = learned if learned is not None else LearnedSets(evaluated)
     if transductive:
         data, grids = evaluated, db
-        log.warning("product quantizer learned on the evaluated database %s itself (method.pq.dataset={kind: %s}): "
-                    "transductive, not how a stored gallery is built; prefer another dataset or the checkpoint's "
-                    "quantizer", evaluated.name, TRANSDUCTIVE)
-        learned.transductive("local_similarity_pq", "method.pq.dataset")
+        learned.transductive("local_similarity_pq", "method.pq.dataset")  # warns: not how a stored gallery is built
     else:
         data = load_dataset(source)
         learned.check_dataset("local_similarity_pq", data, "method.pq.dataset")  # by content, before any work
