@@ -33,10 +33,6 @@ VARIANTS = (
 )
 
 
-def fmt(m: dict) -> str:
-    return " / ".join(f"{m[p]:.1f}" for p in PROTOCOLS)
-
-
 def variants_table(run, ds: str) -> None:
     """Per variant: mAP E / M / H [95% CI] of each stage and the paired differences to the initial ranking."""
     from lit_retrieval.metrics import format_ci, format_diff
@@ -62,6 +58,7 @@ def main() -> None:
     ap.add_argument("--n-sweep", nargs="+", type=int, default=[5, 10, 25, 50, 100, 200, 1000])
     ap.add_argument("--out", default=str(ROOT / "logs" / "aml"))
     ap.add_argument("--variants-only", action="store_true", help="only the reference-option / QE-weighting table")
+    ap.add_argument("--no-variants", action="store_true", help="skip the reference-option / QE-weighting table")
     args = ap.parse_args()
 
     import matplotlib
@@ -71,6 +68,7 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from lit_retrieval.evaluate import run_eval
+    from lit_retrieval.metrics import format_diff, format_maps
 
     def run(ds: str, tag: str, *over: str) -> dict:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -79,23 +77,28 @@ def main() -> None:
         return run_eval(cfg, Path(args.out) / ds / tag)
 
     for ds in args.datasets:
-        variants_table(run, ds)
+        if not args.no_variants:
+            variants_table(run, ds)
         if args.variants_only:
             continue
-        print(f"\n{ds}: mAP E / M / H (%), efficientnet_lite0, image_size {args.image_size}, N = 1000, t = 3, s = 1.1")
-        print("| filtering | initial | + AML | + AML + QE | stored bytes / image (float32) | s / query |")
-        print("|---|---|---|---|---|---|")
+        print(f"\n{ds}: mAP E / M / H (%) [95% bootstrap CI], efficientnet_lite0, image_size {args.image_size}, "
+              "N = all, t = 3, s = 1.1; Δ M: paired bootstrap interval of the medium-mAP change from the initial "
+              "ranking")
+        print("| filtering | initial | + AML | + AML + QE | Δ M AML | Δ M AML + QE | stored bytes / image "
+              "(float32) | s / query |")
+        print("|---|---|---|---|---|---|---|---|")
         results = {}
         for method in ("mac", "rmac"):
             for quant in (True, False):
                 r = run(ds, f"{method}-q{int(quant)}", f"method={method}", "rerank=aml", "qe=aml",
                         f"rerank.store.quantize={str(quant).lower()}", f"plots.enabled={str(quant).lower()}")
                 results[(method, quant)] = r
-                st, info = r["stages"], r["rerank"]
+                st, ci, diffs, info = r["stages"], r["stages_ci95"], r["stage_differences"], r["rerank"]
                 b = info["bytes_per_image"]
                 print(f"| {method.upper().replace('RMAC', 'R-MAC')}{'' if quant else ' (raw maps)'} | "
-                      f"{fmt(st['initial'])} | {fmt(st['aml'])} | {fmt(st['aml_qe'])} | "
-                      f"{b['stored'] / 1024:.0f} kB ({b['raw_float32'] / 1024:.0f} kB) | "
+                      + " | ".join(format_maps(st[s], ci[s]) for s in ("initial", "aml", "aml_qe")) + " | "
+                      + " | ".join(format_diff(diffs[f"{s} - initial"]["medium"], 1) for s in ("aml", "aml_qe"))
+                      + f" | {b['stored'] / 1024:.0f} kB ({b['raw_float32'] / 1024:.0f} kB) | "
                       f"{info['time_s']['per_query']:.3f} |", flush=True)
         curves = {"AML": [], "AML + QE": []}
         ns = [n for n in args.n_sweep if n <= results[("rmac", True)]["n_db"]] + [results[("rmac", True)]["n_db"]]

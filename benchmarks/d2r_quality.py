@@ -78,8 +78,9 @@ def main() -> None:
     from lit_retrieval.d2r.features import ActivationFeatures
     from lit_retrieval.d2r.pipeline import Settings, codebook_paths, encode_database, encode_queries, \
         learn_or_load_codebook
+    from lit_retrieval.data.provenance import LearnedSets
     from lit_retrieval.detection.models import load_detector
-    from lit_retrieval.metrics import evaluate_ranks
+    from lit_retrieval.metrics import compare, evaluate_ranks, format_diff, uncertainty
     from lit_retrieval.retrieval import dataset_items
     from lit_retrieval.retrieval.extract import image_loader
 
@@ -96,6 +97,7 @@ def main() -> None:
                  codebook_fractions=SPLIT["fractions"], codebook_split_seed=SPLIT["seed"], codebook_parts=(0,))
     ext = ActivationFeatures(backbone, s.scales, s.max_features)
     paths, source = codebook_paths(s, data)
+    codebook_rec = LearnedSets(data).check_files("d2r_codebook", source, paths, "method.codebook.dir")
     key = {"backbone": backbone.name, "weights": "imagenet"}
     cb = learn_or_load_codebook(ext, s, paths, 512, "cpu", str(cache), key, source)
     db_items, q_items = dataset_items(data, "db"), dataset_items(data, "query")
@@ -119,7 +121,17 @@ def main() -> None:
         t_q = (time.perf_counter() - t1) / len(queries[kernel])
         m = evaluate_ranks(ranks.T, data.gnd, data.protocol)
         return {"M": m["medium"]["map"], "H": m["hard"]["map"], "size": db.relative_size,
-                "bytes": db.bytes_per_image, "t_agg": t_agg, "t_q": t_q}
+                "bytes": db.bytes_per_image, "t_agg": t_agg, "t_q": t_q, "metrics": m,
+                "ci": uncertainty(m)["map_ci95"]}
+
+    def mh(r: dict) -> str:
+        """mAP Medium / Hard with their 95% bootstrap intervals."""
+        return " / ".join(f"{r[k]:.1f} [{r['ci'][p][0]:.0f}, {r['ci'][p][1]:.0f}]"
+                          for k, p in (("M", "medium"), ("H", "hard")))
+
+    def vs(r: dict, ref: dict) -> str:
+        """Paired bootstrap interval of the medium-mAP difference to ``ref`` (same queries)."""
+        return format_diff(compare(r["metrics"], ref["metrics"])["medium"], 1)
 
     enc, regions, t_describe = describe(s)
 
@@ -127,12 +139,14 @@ def main() -> None:
         return [[r[0]] + [r[1 + j] for j in np.flatnonzero(sc >= t)] for r, sc in zip(regions, enc.scores)]
 
     whole = [[r[0]] for r in regions]
-    print(f"\ncocoheld: {data.n_db} images, {data.n_queries} queries; codebook K={cb.K} on {source}; "
+    print(f"\ncocoheld: {data.n_db} images, {data.n_queries} queries; codebook K={cb.K} on {source} "
+          f"({codebook_rec['n_images']} images, overlap with the benchmark {codebook_rec['overlap']}); "
           f"features + regions at threshold {args.low}: {t_describe:.2f} s per image\n")
-    print("Table 1 / Fig. 4 (mAP Medium / Hard, %; size = stored items per image relative to ASMK*)\n")
-    print("| method | threshold | regions/image | mAP M | mAP H | size |\n|---|---|---|---|---|---|")
+    print("Table 1 / Fig. 4 (mAP Medium / Hard, % [95% bootstrap CI]; Δ M: paired interval of the medium-mAP "
+          "difference to ASMK*; size = stored items per image relative to ASMK*)\n")
+    print("| method | threshold | regions/image | mAP M / H | Δ M vs ASMK* | size |\n|---|---|---|---|---|---|")
     base = evaluate(whole, "asmk_star", "none")
-    print(f"| ASMK* | — | 1 | {base['M']:.1f} | {base['H']:.1f} | 1 |")
+    print(f"| ASMK* | — | 1 | {mh(base)} | | 1 |")
     rows = {}
     for agg in ("search_max", "search_avg", "r_asmk"):
         for t in THRESHOLDS + (args.low,):
@@ -140,34 +154,35 @@ def main() -> None:
             r = evaluate(reg, "asmk_star", agg)
             rows[(agg, t)] = r
             n = np.mean([len(x) for x in reg])
-            print(f"| {variant_name('asmk_star', agg, 'D2R')} | {t} | {n:.2f} | {r['M']:.1f} | {r['H']:.1f} | "
-                  f"{r['size']:.2f} |")
+            print(f"| {variant_name('asmk_star', agg, 'D2R')} | {t} | {n:.2f} | {mh(r)} | {vs(r, base)} | "
+                  f"{r['size']:.2f} |", flush=True)
 
-    print("\nSimple regional aggregation as regions grow (mAP M / H, %)\n")
+    print("\nSimple regional aggregation as regions grow (mAP M / H, % [95% bootstrap CI]; below each row the paired "
+          "interval of its medium mAP minus the same kernel without boxes)\n")
     print("| method | no boxes | " + " | ".join(f"thr {t}" for t in THRESHOLDS + (args.low,)) + " |")
     print("|---|---|" + "---|" * (len(THRESHOLDS) + 1))
     for kernel, agg in (("vlad", "r_vlad"), ("asmk", "naive_r_asmk"), ("asmk", "r_asmk"), ("asmk_star", "r_asmk")):
         b = evaluate(whole, kernel, "none")
-        cells = [f"{b['M']:.1f} / {b['H']:.1f}"]
+        cells, deltas = [mh(b)], [""]
         for t in THRESHOLDS + (args.low,):
             r = rows.get((agg, t)) if kernel == "asmk_star" else evaluate(at(t), kernel, agg)
-            cells.append(f"{r['M']:.1f} / {r['H']:.1f}")
+            cells.append(mh(r))
+            deltas.append(vs(r, b))
         print(f"| {variant_name(kernel, agg, 'D2R')} | " + " | ".join(cells) + " |")
+        print("| Δ M | " + " | ".join(deltas) + " |", flush=True)
 
-    print("\nRMAC boxes (levels 1-3) vs detector boxes, ASMK* (mAP M / H, %)\n")
+    print("\nRMAC boxes (levels 1-3) vs detector boxes, ASMK* (mAP M / H, % [95% bootstrap CI])\n")
     print("| regions | regions/image | regional search (max) | R-ASMK* | size (search) |\n|---|---|---|---|---|")
     rmac_enc, rmac_regions, _ = describe(Settings(**{**s.__dict__, "boxes": "rmac", "rmac_levels": 3}))
     for L in (1, 2, 3):  # rmac_boxes lists level 1, then 2, then 3: level L is a prefix of the 3-level list
         sub = [r[:1 + len(rmac_boxes(h, w, L))] for r, (h, w) in zip(rmac_regions, rmac_enc.sizes)]
         a, b = evaluate(sub, "asmk_star", "search_max"), evaluate(sub, "asmk_star", "r_asmk")
         n = np.mean([len(x) for x in sub])
-        print(f"| RMACB L={L} | {n:.2f} | {a['M']:.1f} / {a['H']:.1f} | {b['M']:.1f} / {b['H']:.1f} | "
-              f"{a['size']:.2f} |")
+        print(f"| RMACB L={L} | {n:.2f} | {mh(a)} | {mh(b)} | {a['size']:.2f} |")
     for t in (0.5, 0.1):
         a, b = rows[("search_max", t)], rows[("r_asmk", t)]
         n = np.mean([len(x) for x in at(t)])
-        print(f"| D2R thr {t} | {n:.2f} | {a['M']:.1f} / {a['H']:.1f} | {b['M']:.1f} / {b['H']:.1f} | "
-              f"{a['size']:.2f} |")
+        print(f"| D2R thr {t} | {n:.2f} | {mh(a)} | {mh(b)} | {a['size']:.2f} |")
 
     r = rows[("r_asmk", 0.1)]
     print("\nSpeed and memory (threshold 0.1)\n")

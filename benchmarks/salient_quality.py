@@ -3,12 +3,15 @@ O2_R (1st / 2nd order; whole image only / all candidate regions), each without a
 full queries, O2_R at D = 128 / 256 / 512, against R-MAC and GeM from the same run; regions and bytes per image;
 proposal and description time per image; region-matching search time per query vs a single-vector search.
 
-The variants share one pass-1 (regions) per dataset; each row is what ``eval.py`` gives for it, e.g.
+The variants share one pass-1 (regions) per dataset; each row is what ``eval.py`` gives for it (2nd-order bases
+and whitening learned on ``method.pca_dataset``, by default the procedural benchmark of seed 1, checked by
+content against the evaluated images), with 95% bootstrap intervals over queries and the paired interval of its
+medium mAP minus GeM's, e.g.
 
     python eval.py method=salient_regions dataset=cocopaste backbone=efficientnet_lite0 image_size=512
     python eval.py method=salient_regions method.order=1 method.regions=whole qe=regional dataset=cocopaste ...
 
-    python benchmarks/salient_quality.py --datasets cocopaste embedded
+    python benchmarks/salient_quality.py --datasets embedded cocopaste_heldout
     python benchmarks/salient_quality.py --datasets embedded --backbone resnet101 --weights random   # smoke check
 """
 from __future__ import annotations
@@ -23,14 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LIT_RETRIEVAL_ROOT", str(ROOT))
 
 
-def fmt(m: dict) -> str:
-    """mAP E / M / H (%) from ``evaluate_ranks`` output or a results.json ``map``."""
-    return " / ".join(f"{m[p]['map'] if isinstance(m[p], dict) else m[p]:.1f}" for p in ("easy", "medium", "hard"))
+def medium_aps(m: dict):
+    """Per-query medium APs (%) of an ``evaluate_ranks`` output or a results.json (NaN: no positives)."""
+    import numpy as np
+
+    if "ap_per_query" in m:
+        return np.array([np.nan if v is None else v for v in m["ap_per_query"]["medium"]], dtype=np.float64)
+    return 100 * np.asarray(m["medium"]["aps"], dtype=np.float64)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", nargs="+", default=["cocopaste", "embedded"])
+    ap.add_argument("--datasets", nargs="+", default=["embedded", "cocopaste_heldout"])
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--weights", default="imagenet")
     ap.add_argument("--image-size", type=int, default=512)
@@ -43,7 +50,8 @@ def main() -> None:
     from lit_retrieval.backbones import build_backbone
     from lit_retrieval.data import load_dataset
     from lit_retrieval.evaluate import run_eval
-    from lit_retrieval.metrics import evaluate_ranks
+    from lit_retrieval.data.provenance import LearnedSets
+    from lit_retrieval.metrics import evaluate_ranks, format_diff, format_maps, paired_bootstrap, uncertainty
     from lit_retrieval.retrieval import search
     from lit_retrieval.salient.matching import rank, region_similarity, regional_query_expansion
     from lit_retrieval.salient.pipeline import SalientRegions, Settings, describe_dataset, fallback_summary
@@ -59,22 +67,30 @@ def main() -> None:
         dataset = load_dataset(cfg.dataset)
         backbone = build_backbone(args.backbone, weights=args.weights)
         runner = SalientRegions(backbone, Settings.from_cfg(cfg.method), args.image_size)
-        print(f"\n{ds}: mAP E / M / H (%), {args.backbone} ({args.weights}), image_size {args.image_size}, "
-              f"{dataset.n_db} database images, {dataset.n_queries} queries")
-        print("| method | D | regions / image | bytes / image | mAP | + regional QE (N_QE = 10) |")
-        print("|---|---|---|---|---|---|")
-        for name in ("rmac", "gem"):
-            r = run_eval(cfg_for(ds, f"method={name}", "plots.enabled=false"), Path(args.out) / ds / name)
-            dim = 1280 if args.backbone == "efficientnet_lite0" else 2048
+        pca_dataset = load_dataset(cfg.method.pca_dataset)
+        learned = LearnedSets(dataset)
+        rec = learned.check_dataset("salient_pca", pca_dataset, "method.pca_dataset")
+        print(f"\n{ds}: mAP E / M / H (%) [95% bootstrap CI], {args.backbone} ({args.weights}), image_size "
+              f"{args.image_size}, {dataset.n_db} database images, {dataset.n_queries} queries; order-2 PCA learned "
+              f"on {rec['dataset']} ({rec['n_images']} images, overlap {rec['overlap']}); Δ M: medium mAP minus "
+              "GeM's, paired over the same queries")
+        print("| method | D | regions / image | bytes / image | mAP | Δ M | + regional QE (N_QE = 10) | Δ M |")
+        print("|---|---|---|---|---|---|---|---|")
+        glob = {name: run_eval(cfg_for(ds, f"method={name}", "plots.enabled=false"), Path(args.out) / ds / name)
+                for name in ("rmac", "gem")}
+        ref = medium_aps(glob["gem"])
+        dim = 1280 if args.backbone == "efficientnet_lite0" else 2048
+        for name, r in glob.items():
+            delta = "" if name == "gem" else format_diff(paired_bootstrap(medium_aps(r), ref), 1)
             print(f"| {'R-MAC' if name == 'rmac' else 'GeM'} (global) | {dim} | 1 | {dim * 4} | "
-                  f"{fmt(r['map'])} | |", flush=True)
+                  f"{format_maps(r['map'], r['map_ci95'])} | {delta} | | |", flush=True)
         variants = [Settings(order=1, regions="whole"), Settings(order=1, regions="all"),
                     Settings(order=2, regions="whole"), *[Settings(order=2, regions="all", dim=d) for d in args.dims],
                     Settings(order=2, regions="all", query="full")]
         speed = {}
         for s in variants:
             runner.s = replace(s, threshold=runner.s.threshold, n_min_fraction=runner.s.n_min_fraction)
-            d = describe_dataset(runner, dataset)
+            d = describe_dataset(runner, dataset, pca_dataset)
             t = time.perf_counter()
             scores, best = region_similarity(d.queries, d.db)
             _, ranks = rank(scores)
@@ -85,7 +101,12 @@ def main() -> None:
             m1 = evaluate_ranks(ranks_qe.T, dataset.gnd, dataset.protocol)
             D = d.db.vectors.shape[2]
             per = float(d.db.counts.mean())
-            print(f"| {s.variant} | {D} | {per:.2f} | {per * D * 4:.0f} | {fmt(m0)} | {fmt(m1)} |", flush=True)
+            cells = []
+            for m in (m0, m1):
+                cells += [format_maps({p: v["map"] for p, v in m.items()}, uncertainty(m)["map_ci95"]),
+                          format_diff(paired_bootstrap(medium_aps(m), ref), 1)]
+            print(f"| {s.variant} | {D} | {per:.2f} | "
+                  f"{per * D * 4:.0f} | " + " | ".join(cells) + " |", flush=True)
             if s.variant == "O2_R" and D == max(args.dims):
                 t = time.perf_counter()
                 search(d.queries.select(d.queries.counts - 1).vectors[:, 0],

@@ -133,6 +133,30 @@ def test_eval_records_ci_and_what_the_whitening_saw(tiny, tmp_path):
     assert any("transductive" in str(w.message) for w in caught)
 
 
+def test_a_checkpoint_trained_on_the_evaluated_images_is_refused(tiny, tmp_path):
+    import torch
+
+    from lit_retrieval.evaluate import check_checkpoint_training
+
+    ds = load_revisited(tiny, "tiny")
+    trained_on = content_of_files("train", ds.db_paths[:2])
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}, "training_content": trained_on.state_dict()}, ckpt)
+    cfg = eval_cfg(tmp_path, "dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny", f"ckpt_path={ckpt}")
+    with pytest.raises(LeakageError, match="training_data.*2 image") as err:
+        check_checkpoint_training(cfg, LearnedSets(ds))
+    assert f"ckpt_path={ckpt}" in str(err.value) and "allow_overlap=true" in str(err.value)
+    learned = LearnedSets(ds)
+    with pytest.warns(UserWarning, match="training_data"):
+        check_checkpoint_training(eval_cfg(tmp_path, "dataset=revisited", f"dataset.root={tiny}",
+                                           "dataset.name=tiny", f"ckpt_path={ckpt}", "allow_overlap=true"), learned)
+    assert learned.records["training_data"]["overlap"] == 2
+    torch.save({"state_dict": {}}, ckpt)  # an older checkpoint without the record: said, not guessed
+    learned = LearnedSets(ds)
+    check_checkpoint_training(cfg, learned)
+    assert learned.records["training_data"] == {"checked": False, "checkpoint": str(ckpt)}
+
+
 def test_d2r_codebook_on_the_evaluated_images_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
     from lit_retrieval.d2r import pipeline
 

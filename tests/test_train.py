@@ -88,6 +88,9 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test
         run_eval(refused, tmp_path / "refused")
     ev = run_eval(ecfg, tmp_path / "eval")
     assert ev["learned"]["regional_attention_whitening"]["transductive"]
+    # the checkpoint carries its training data's content keys, checked by eval.py too (disjoint here)
+    assert ev["learned"]["training_data"]["overlap"] == 0
+    assert ev["learned"]["training_data"]["n_images"] == res["overlap"]["training data vs test tinytest"]["n_images"]
     best_epoch = [h for h in json.loads((out / "retrieval.json").read_text())["history"]
                   if abs(h["retrieval/tiny/regional_attention/mAP_M"] - res["monitor_value"]) < 1e-4][0]
     for p, name in (("E", "easy"), ("M", "medium"), ("H", "hard")):

@@ -19,7 +19,8 @@ from . import pooling
 from .atomic import atomic_json
 from .backbones import Backbone, build_backbone
 from .data import RetrievalDataset, load_dataset, whitening_pairs
-from .data.provenance import LearnedSets, is_transductive, set_cache_dir
+from .data.provenance import ContentSet, LearnedSets, is_transductive, set_cache_dir
+from .models.checkpoint import training_content
 from .metrics import (REVISITED_PROTOCOLS, compare, evaluate_ranks, format_ci, format_diff, revisited_protocol,
                       uncertainty)
 from .regions import rmac_grid
@@ -154,6 +155,33 @@ def check_method_learned(method: torch.nn.Module, learned: LearnedSets, allow_ov
                       "from the evaluated one)", transductive=allow_overlap, opt_in="allow_overlap=true")
 
 
+CHECKPOINT_OPTIONS = {"training_data": "ckpt_path", "detector_training_data": "detector.ckpt_path"}
+
+
+def check_checkpoint_training(cfg: DictConfig, learned: LearnedSets) -> None:
+    """The checkpoints a run reads carry the content keys of the images they were trained on (written by the
+    training run's retrieval callback); each is checked against the evaluated images (refused, or warned with
+    ``allow_overlap=true``). Checkpoints without the record (older runs, training sets too large to hash) are
+    logged as unchecked; unreadable files are left to the loaders' errors."""
+    for component, option in CHECKPOINT_OPTIONS.items():
+        path = OmegaConf.select(cfg, option)
+        if not path or not Path(str(path)).is_file():
+            continue
+        try:
+            state = training_content(str(path))
+        except Exception:  # not a checkpoint: the method's loader says so, with the fix
+            continue
+        if state is None:
+            log.info("%s=%s records no training-data content keys: its training set is not checked against the "
+                     "evaluated images", option, path)
+            learned.records[component] = {"checked": False, "checkpoint": str(path)}
+            continue
+        learned.check(component, ContentSet.from_state(state), option,
+                      transductive=bool(cfg.get("allow_overlap", False)), opt_in="allow_overlap=true",
+                      fix=f"the checkpoint {option}={path} was trained on these images: evaluate it on a benchmark "
+                          "disjoint from its training data, or retrain it without them")
+
+
 def protocol_gnd(dataset: RetrievalDataset) -> dict[str, list[dict]]:
     if dataset.protocol == "revisited":
         return {p: revisited_protocol(dataset.gnd, p) for p in REVISITED_PROTOCOLS}
@@ -177,6 +205,9 @@ def format_table(results: dict[str, Any]) -> str:
     for pair, diffs in results.get("stage_differences", {}).items():
         lines.append(f"{pair + ':':<24}" + "  ".join(f"{p} {format_diff(c)}" for p, c in diffs.items()))
     for component, rec in results.get("learned", {}).items():
+        if not rec.get("checked", True):
+            lines.append(f"{component}: not recorded in {rec.get('checkpoint')}, not checked")
+            continue
         lines.append(f"{component} learned on {rec['dataset']} ({rec['n_images']} images, overlap with the "
                      f"evaluated images {rec['overlap']}{', transductive' if rec.get('transductive') else ''})")
     return "\n".join(lines)
@@ -272,6 +303,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
     learned = LearnedSets(dataset, set_cache_dir(Path(str(cfg.paths.cache_dir)) / "content"))
+    check_checkpoint_training(cfg, learned)
     backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
     backbone.to(cfg.device)
     if cfg.method.name == "salient_regions":

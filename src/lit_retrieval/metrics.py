@@ -175,8 +175,19 @@ def format_ci(value: float, ci: Sequence[float | None]) -> str:
     return f"{value:.2f} [{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
-def format_diff(c: dict[str, Any]) -> str:
+def format_diff(c: dict[str, Any], digits: int = 2) -> str:
     """``"+3.10 [+0.4, +5.9]"`` or ``"-0.80 [-2.1, +0.6] within noise"``."""
     lo, hi = c["ci95"]
-    s = f"{c['diff']:+.2f} [{lo:+.1f}, {hi:+.1f}]"
+    s = f"{c['diff']:+.{digits}f} [{lo:+.1f}, {hi:+.1f}]"
     return s + (" within noise" if c["within_noise"] else "")
+
+
+def format_maps(maps: dict[str, float], cis: dict[str, Sequence[float | None]] | None = None,
+                protocols: Sequence[str] = ("easy", "medium", "hard")) -> str:
+    """Compact table cell ``"53.5 [41, 67] / 35.4 [27, 44] / 2.1 [1, 4]"``: each protocol's mAP with its 95%
+    bootstrap interval rounded to integers (``cis`` as in ``results.json`` ``map_ci95``)."""
+    cells = []
+    for p in protocols:
+        ci = (cis or {}).get(p)
+        cells.append(f"{maps[p]:.1f}" if ci is None or None in ci else f"{maps[p]:.1f} [{ci[0]:.0f}, {ci[1]:.0f}]")
+    return " / ".join(cells)

@@ -39,6 +39,7 @@ from torch import nn
 from ..atomic import atomic_json
 from ..data import RetrievalDataset, load_dataset
 from ..data.provenance import ContentSet, check_disjoint, dataset_content
+from ..models.checkpoint import TRAINING_CONTENT
 from ..evaluate import weights_identity
 from ..loggers import log_table
 from ..metrics import compare, evaluate_ranks, format_diff
@@ -110,6 +111,7 @@ class RetrievalEvaluation(pl.Callback):
         self.test: dict[str, float] = {}
         self.test_differences: dict[str, Any] = {}
         self.provenance: dict[str, Any] = {}
+        self.training_content: ContentSet | None = None
         self._testing = False
 
     # -- checkpointed state ---------------------------------------------------------------------------
@@ -197,7 +199,15 @@ class RetrievalEvaluation(pl.Callback):
                         c1, c2, f"the validation benchmark {n1}", f"callbacks.retrieval_eval.datasets.{n1}",
                         transductive=self.allow_overlap, opt_in=fix)
         self.provenance = records
+        self.training_content = learned.get("training data")
         return records
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Checkpoints carry the content keys of their training data, so that ``eval.py`` can check them against
+        the images it evaluates."""
+        if self.training_content is not None:
+            checkpoint[TRAINING_CONTENT] = self.training_content.state_dict()
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

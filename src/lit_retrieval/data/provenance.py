@@ -220,12 +220,13 @@ def dataset_content(dataset: Any, parts: Sequence[str] = ("db", "query"),
 
 
 def check_disjoint(learned: ContentSet, evaluated: ContentSet, what: str, option: str,
-                   transductive: bool = False, opt_in: str | None = None) -> dict[str, Any]:
+                   transductive: bool = False, opt_in: str | None = None, fix: str | None = None) -> dict[str, Any]:
     """Check that ``what`` (learned on ``learned``) saw none of the ``evaluated`` images, by content.
 
     Overlap is a :class:`LeakageError` naming the shared files and ``option``, the setting that picks the
     learning set, and ``opt_in`` (default ``<option>.kind=transductive``), the setting that allows it; with
-    ``transductive`` (the user asked to learn on the evaluated images) it is a warning.
+    ``transductive`` (the user asked to learn on the evaluated images) it is a warning. ``fix`` replaces the
+    default advice (pick another learning set) where the set is not an option, e.g. a checkpoint's training data.
     Returns the record ``results.json`` keeps: the learning set's name, size and digest and the overlap."""
     shared = learned.overlap(evaluated)
     record = {**learned.summary(), "overlap": len(shared), "transductive": bool(transductive)}
@@ -242,8 +243,8 @@ def check_disjoint(learned: ContentSet, evaluated: ContentSet, what: str, option
             raise LeakageError(
                 f"{what} would be learned on {len(shared)} image(s) of the evaluated set {evaluated.name!r} "
                 f"(same content): {listed}{more}", None,
-                f"set {option} to a dataset disjoint from {evaluated.name!r} (by default a procedural benchmark "
-                f"of another seed), or opt in to learning on the evaluated images with "
+                (fix or f"set {option} to a dataset disjoint from {evaluated.name!r} (by default a procedural "
+                 f"benchmark of another seed)") + ", or opt in to learning on the evaluated images with "
                 f"{opt_in or option + '.kind=transductive'}")
     return record
 
@@ -266,9 +267,10 @@ class LearnedSets:
         return self._evaluated
 
     def check(self, component: str, learned: ContentSet, option: str, transductive: bool = False,
-              opt_in: str | None = None) -> dict[str, Any]:
+              opt_in: str | None = None, fix: str | None = None) -> dict[str, Any]:
         """:func:`check_disjoint` of ``learned`` against the evaluated set, recorded under ``component``."""
-        self.records[component] = check_disjoint(learned, self.evaluated, component, option, transductive, opt_in)
+        self.records[component] = check_disjoint(learned, self.evaluated, component, option, transductive, opt_in,
+                                                 fix)
         return self.records[component]
 
     def check_dataset(self, component: str, dataset: Any, option: str,

@@ -22,6 +22,16 @@ def read_entry(ckpt_path: str | Path, key: str, model: str,
     return ckpt[key], p
 
 
+TRAINING_CONTENT = "training_content"  # the content keys of the training data (written by the retrieval callback)
+
+
+def training_content(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The content record of the images a checkpoint was trained on (``ContentSet.state_dict()``), or ``None``
+    when the run did not record it (no retrieval callback, or a training set too large to hash)."""
+    ckpt = torch.load(Path(ckpt_path), map_location="cpu", weights_only=True)
+    return ckpt.get(TRAINING_CONTENT)
+
+
 def check_backbone(entry_backbone: str, backbone: nn.Module, p: Path) -> None:
     if backbone.name != entry_backbone:
         raise ValueError(f"{p} was trained on backbone {entry_backbone!r}, not {backbone.name!r}. Fix: pass "
