@@ -12,6 +12,7 @@ medium mAP minus GeM's, e.g.
     python eval.py method=salient_regions method.order=1 method.regions=whole qe=regional dataset=cocopaste ...
 
     python benchmarks/salient_quality.py --datasets embedded cocopaste_heldout
+    python benchmarks/salient_quality.py --datasets cocopaste_heldout --pca-dataset cocotrain   # real-image PCA
     python benchmarks/salient_quality.py --datasets embedded --backbone resnet101 --weights random   # smoke check
 """
 from __future__ import annotations
@@ -24,6 +25,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LIT_RETRIEVAL_ROOT", str(ROOT))
+
+
+SHARED = ROOT.parent / "shared" / "data"
+# a cut-and-paste draw of the training part of the by-image split whose held-out part is cocopaste_heldout: real
+# photographs, none of the held-out benchmark's objects or backgrounds (checked by content)
+PCA_DATASETS = {"cocotrain": {"kind": "cocopaste", "name": "cocotrain", "seed": 1, "n_queries": 24,
+                              "n_distractors": 50, "n_backgrounds": 200, "n_shuffled": 0,
+                              "split": {"fractions": [0.45, 0.15, 0.4], "seed": 0, "part": 0},
+                              "coco_dir": str(SHARED / "coco128"), "backgrounds_dir": str(SHARED / "imagenet-samples"),
+                              "cache_dir": str(ROOT / ".cache" / "datasets")}}
 
 
 def medium_aps(m: dict):
@@ -43,6 +54,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=512)
     ap.add_argument("--dims", nargs="+", type=int, default=[128, 256, 512])
     ap.add_argument("--out", default=str(ROOT / "logs" / "salient"))
+    ap.add_argument("--pca-dataset", default=None, choices=sorted(PCA_DATASETS),
+                    help="learn the order-2 PCA here instead of the default method.pca_dataset")
     args = ap.parse_args()
 
     from hydra import compose, initialize_config_dir
@@ -67,7 +80,7 @@ def main() -> None:
         dataset = load_dataset(cfg.dataset)
         backbone = build_backbone(args.backbone, weights=args.weights)
         runner = SalientRegions(backbone, Settings.from_cfg(cfg.method), args.image_size)
-        pca_dataset = load_dataset(cfg.method.pca_dataset)
+        pca_dataset = load_dataset(PCA_DATASETS[args.pca_dataset] if args.pca_dataset else cfg.method.pca_dataset)
         learned = LearnedSets(dataset)
         rec = learned.check_dataset("salient_pca", pca_dataset, "method.pca_dataset")
         print(f"\n{ds}: mAP E / M / H (%) [95% bootstrap CI], {args.backbone} ({args.weights}), image_size "

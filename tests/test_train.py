@@ -66,6 +66,8 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test
     assert all(k.startswith("test/retrieval/tinytest/") for k in test["metrics"])
     diff = test["differences"]["tinytest/regional_attention - rmac_uniform"]["medium"]
     assert diff["ci95"][0] <= diff["diff"] <= diff["ci95"][1]
+    lo, hi = test["ci95"]["tinytest/regional_attention"]["medium"]  # every reported mAP with its interval
+    assert lo <= test["metrics"]["test/retrieval/tinytest/regional_attention/mAP_M"] <= hi
     assert not any(k.startswith("test/") for h in json.loads((out / "retrieval.json").read_text())["history"]
                    for k in h)  # the selection never saw a test number
     assert res["overlap"]["training data vs test tinytest"]["overlap"] == 0

@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if retrieval is not None:
         results["test"] = {"checkpoint": tested_on, "metrics": dict(sorted(retrieval.test.items())),
-                           "differences": retrieval.test_differences}
+                           "differences": retrieval.test_differences, "ci95": retrieval.intervals["test"]}
         results["overlap"] = retrieval.provenance
     if trainer.is_global_zero:
         atomic_json(results, out_dir / "results.json")

@@ -42,7 +42,7 @@ from ..data.provenance import ContentSet, check_disjoint, dataset_content
 from ..models.checkpoint import TRAINING_CONTENT
 from ..evaluate import weights_identity
 from ..loggers import log_table
-from ..metrics import compare, evaluate_ranks, format_diff
+from ..metrics import compare, evaluate_ranks, format_diff, uncertainty
 from ..retrieval import DescriptorCache, build_method, dataset_items, extract, search
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class RetrievalEvaluation(pl.Callback):
         self.history: list[dict[str, Any]] = []
         self.test: dict[str, float] = {}
         self.test_differences: dict[str, Any] = {}
+        # "<dataset>/<method>" -> protocol -> 95% bootstrap interval of its mAP, of the last evaluation of each kind
+        self.intervals: dict[str, dict[str, dict[str, list]]] = {"val": {}, "test": {}}
         self.provenance: dict[str, Any] = {}
         self.training_content: ContentSet | None = None
         self._testing = False
@@ -141,7 +143,8 @@ class RetrievalEvaluation(pl.Callback):
                 self.test, self.test_differences = self.evaluate(trainer, pl_module, self.test_cfgs, TEST_PREFIX)
                 pl_module.log_dict(self.test, sync_dist=False)
                 if trainer.is_global_zero:
-                    print("\n" + self.table(self.test, "test (selected checkpoint)", self.test_differences),
+                    print("\n" + self.table(self.test, "test (selected checkpoint)", self.test_differences,
+                                             self.intervals["test"]),
                           flush=True)
                     self._write(trainer)
             return
@@ -154,7 +157,8 @@ class RetrievalEvaluation(pl.Callback):
             self.history.append({"epoch": epoch, "step": trainer.global_step, "world_size": trainer.world_size,
                                  **self.last, "differences": self.last_differences})
             if trainer.is_global_zero:
-                print("\n" + self.table(self.last, f"validation, epoch {epoch}", self.last_differences), flush=True)
+                print("\n" + self.table(self.last, f"validation, epoch {epoch}", self.last_differences,
+                                         self.intervals["val"]), flush=True)
                 self._write(trainer)
         if self.last:  # between evaluations the latest values stay visible to ModelCheckpoint and the loggers
             pl_module.log_dict(self.last, sync_dist=False)
@@ -266,6 +270,8 @@ class RetrievalEvaluation(pl.Callback):
                     a, b = per_query.get(f"{prefix}{ds_name}/{m}"), per_query.get(f"{prefix}{ds_name}/{ref}")
                     if a is not None and b is not None:
                         differences[f"{ds_name}/{m} - {ref}"] = compare(a, b)
+        self.intervals["test" if prefix else "val"] = {
+            key.removeprefix(prefix): uncertainty(metrics)["map_ci95"] for key, metrics in per_query.items()}
         fixed = {k: v for k, v in self.fixed.items() if k.startswith(f"{prefix}retrieval/")
                  and k.split("/")[1 + prefix.count("/")] in datasets}
         return {**results, **fixed}, differences
@@ -294,9 +300,11 @@ class RetrievalEvaluation(pl.Callback):
 
     # -- outputs --------------------------------------------------------------------------------------
     def table(self, metrics: Mapping[str, float], title: str | int,
-              differences: Mapping[str, Any] | None = None) -> str:
-        """Side-by-side table: one row per (dataset, method), mAP per protocol and mP@k (medium / all); then the
-        paired bootstrap interval of each learned method minus each reference (medium / all)."""
+              differences: Mapping[str, Any] | None = None,
+              intervals: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+        """Side-by-side table: one row per (dataset, method), mAP per protocol and mP@k (medium / all) and the 95%
+        bootstrap interval of the medium (or only) mAP; then the paired bootstrap interval of each learned method
+        minus each reference (medium / all)."""
         rows: dict[tuple[str, str], dict[str, float]] = {}
         for key, v in metrics.items():
             _, ds, method, name = key.removeprefix(TEST_PREFIX).split("/", 3)
@@ -304,11 +312,15 @@ class RetrievalEvaluation(pl.Callback):
         cols = list(dict.fromkeys(c for r in rows.values() for c in r if c.startswith("mAP")))
         cols += [c for c in dict.fromkeys(c for r in rows.values() for c in r)
                  if c.startswith("mP@") and (c.endswith("_M") or "_" not in c)]
-        head = f"{'dataset':<14}{'method':<20}" + "".join(f"{c:>9}" for c in cols)
+        head = f"{'dataset':<14}{'method':<20}" + "".join(f"{c:>9}" for c in cols) + f"{'mAP 95% CI':>16}"
         title = f"epoch {title}" if isinstance(title, int) else title
         lines = [f"retrieval evaluation, {title}", head]
         for (ds, method), r in sorted(rows.items()):
-            lines.append(f"{ds:<14}{method:<20}" + "".join(f"{r.get(c, float('nan')):9.2f}" for c in cols))
+            by_proto = (intervals or {}).get(f"{ds}/{method}", {})
+            ci = by_proto.get("medium", next(iter(by_proto.values()), None))
+            ci_text = "" if not ci or None in ci else f"[{ci[0]:.1f}, {ci[1]:.1f}]"
+            lines.append(f"{ds:<14}{method:<20}" + "".join(f"{r.get(c, float('nan')):9.2f}" for c in cols)
+                         + f"{ci_text:>16}")
         if differences:
             lines.append("paired difference of mAP (95% bootstrap interval over queries):")
             for pair, by_proto in differences.items():
@@ -325,4 +337,5 @@ class RetrievalEvaluation(pl.Callback):
         log_table(trainer.loggers, "retrieval/table", ["split", "dataset", "method", "metric", "value"], rows)
         if self.output_dir:
             atomic_json({"history": self.history, "test": self.test, "test_differences": self.test_differences,
+                         "test_ci95": self.intervals["test"],
                          "overlap": self.provenance}, Path(self.output_dir) / "retrieval.json")
