@@ -21,9 +21,11 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
+    from lit_retrieval.cli import reported_errors
     from lit_retrieval.evaluate import run_eval
 
-    results = run_eval(cfg, HydraConfig.get().runtime.output_dir)
+    with reported_errors("eval.py"):
+        results = run_eval(cfg, HydraConfig.get().runtime.output_dir)
     return next(iter(results["map"].values()))
 
 

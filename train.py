@@ -21,9 +21,11 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from lit_retrieval.cli import reported_errors
     from lit_retrieval.training import train
 
-    return train(cfg).get("monitor_value")
+    with reported_errors("train.py"):
+        return train(cfg).get("monitor_value")
 
 
 if __name__ == "__main__":

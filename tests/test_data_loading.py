@@ -306,6 +306,11 @@ def _write_raw(root: Path, name: str, obj: object) -> Path:
         (lambda s: s["gnd"][0].update(bbx=[5, 5, 1, 9]), r"gnd\[0\]\['bbx'\].*flipped"),
         (lambda s: s["gnd"][0].update(bbx=[0, 0, 5]), "3 values, expected 4"),
         (lambda s: s.update(imlist="db0"), "expected a list of image names"),
+        (lambda s: s["gnd"][0].update(easy=[0, 0, 0]), r"gnd\[0\]\['easy'\] lists index 0 3 times"),
+        (lambda s: s["gnd"][1].update(junk=[3]), r"gnd\[1\]: database index 3 is both 'easy' and 'junk'"),
+        (lambda s: s["gnd"][0].update(hard=[1]), r"index 1 is both 'easy' and 'hard'"),
+        (lambda s: s["imlist"].__setitem__(2, "../../etc/passwd"), r"imlist\[2\].*outside the dataset"),
+        (lambda s: s["qimlist"].__setitem__(0, "/tmp/q0"), r"qimlist\[0\].*outside the dataset"),
     ],
 )
 def test_revisited_malformed_gnd(tmp_path, mutate, match):
@@ -457,6 +462,8 @@ def test_classic_qimlist_only_and_missing_images(tmp_path):
         (lambda s: s["gnd"][0].pop("ok"), r"lacks key\(s\) \['ok'\]"),
         (lambda s: s["gnd"][1].update(junk=[9]), r"gnd\[1\]\['junk'\] has index 9 out of range"),
         (lambda s: [s.pop("qidx"), s.pop("qimlist")], "neither 'qidx' nor 'qimlist'"),
+        (lambda s: s["gnd"][0].update(junk=[1]), r"gnd\[0\]: database index 1 is both 'ok' and 'junk'"),
+        (lambda s: s["gnd"][1].update(ok=[2, 3, 3]), r"gnd\[1\]\['ok'\] lists index 3 2 times"),
     ],
 )
 def test_classic_malformed_gnd(tmp_path, mutate, match):

@@ -6,6 +6,7 @@ marked), and the learned whitening (``whitening.npz``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,11 +17,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import pooling
-from .atomic import atomic_json
+from .atomic import atomic_json, strict_json
 from .backbones import Backbone, build_backbone
 from .data import RetrievalDataset, load_dataset, whitening_pairs
-from .data.provenance import ContentSet, LearnedSets, is_transductive, set_cache_dir
+from .data.errors import GroundTruthError
+from .data.provenance import ContentSet, LearnedSets, is_transductive, item_keys, set_cache_dir
 from .models.checkpoint import training_content
+from .options import check_eval_options
 from .metrics import (REVISITED_PROTOCOLS, compare, evaluate_ranks, format_ci, format_diff, revisited_protocol,
                       uncertainty)
 from .regions import rmac_grid
@@ -69,7 +72,7 @@ class DescriptorExtractor:
             "image_size": cfg.image_size,  # collide with the extraction's (e.g. the multi-scale ``scales``)
             "scales": [float(s) for s in cfg.scales],
             "exif_transpose": bool(cfg.exif_transpose),
-            "version": 2,
+            "version": 3,  # 3: images keyed by content
         }
 
     def __call__(self, dataset: RetrievalDataset, part: str) -> tuple[np.ndarray, list[int]]:
@@ -77,7 +80,7 @@ class DescriptorExtractor:
         cache = None
         if self.cfg.cache.enabled:
             key = {**self.base_key, "dataset": dataset.name, "root": str(dataset.root), "part": part,
-                   "items": [[str(i.path), i.bbx] for i in items]}
+                   "items": item_keys(items)}
             cache = DescriptorCache(self.cfg.cache.dir, key)
         return extract(items, self.method, self.backbone.normalize, self.cfg.image_size,
                        scales=[float(s) for s in self.cfg.scales], power=self.method.power, cache=cache,
@@ -291,10 +294,75 @@ def _run_d2r(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0:
     return {**out, "d2r": out, "t_extract": time.perf_counter() - t0 - t_search, "t_search": t_search}
 
 
+def check_has_positives(dataset: RetrievalDataset) -> None:
+    """Refuse a ground truth in which no query has a positive: every mAP would be undefined."""
+    keys = ("easy", "hard") if dataset.protocol == "revisited" else ("ok",)
+    if not any(len(g[k]) for g in dataset.gnd for k in keys if k in g):
+        raise GroundTruthError(f"no query of {dataset.name!r} has a positive ({' or '.join(keys)}): every mAP would "
+                               "be undefined", dataset.root,
+                               f"give each query at least one {keys[0]} database image in the ground truth")
+
+
+def write_results(results: dict[str, Any], path: Path, extra: Path | None) -> None:
+    """``results.json`` (and ``results_file``), strict JSON. If a file cannot be written (a full disk), the results
+    are printed to the log first, so that nothing is lost, then the error is raised with the file named."""
+    for p in [path] + ([extra] if extra is not None else []):
+        try:
+            atomic_json(results, p)
+        except OSError as err:
+            log.error("could not write %s (%s); the results, so that nothing is lost:\n%s", p, err,
+                      json.dumps(strict_json(results), default=str))
+            raise OSError(err.errno, f"could not write the results to {p} ({err.strerror}); they were printed to "
+                                     "the log above. Fix: free space or pass results_file= in a writable folder") \
+                from err
+
+
+def save_pictures(cfg: DictConfig, dataset: RetrievalDataset, results: dict[str, Any], ranks_db_nq: np.ndarray,
+                  out_dir: Path, rerank: Any, salient: Any, local: Any, d2r: Any) -> None:
+    """The run's pictures. A picture that fails (an unreadable image, a full disk) is logged and skipped: the
+    results are already written, and a picture never fails the run."""
+    def draw(name: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - pictures are best effort by design
+            log.warning("could not draw %s (%s: %s); the results are unaffected", out_dir / name,
+                        type(err).__name__, err)
+
+    gnds = protocol_gnd(dataset)
+    draw("pr_curve.png", lambda: save_pr_curves({p: pr_curve(ranks_db_nq, g) for p, g in gnds.items()},
+                                                results["map"], out_dir / "pr_curve.png",
+                                                f"{results['method']} on {dataset.name}"))
+    shown = np.linspace(0, dataset.n_queries - 1, min(int(cfg.plots.n_queries), dataset.n_queries)).astype(int)
+    grid_gnd = gnds["medium" if dataset.protocol == "revisited" else "all"]
+    draw("topk.png", save_topk_grid, ranks_db_nq, grid_gnd, dataset.db_paths, dataset.query_paths,
+         dataset.query_bbx, out_dir / "topk.png", shown.tolist(), k=10)
+    if rerank is not None:
+        from .rerank.viz import save_localizations
+
+        draw("aml_localization.png", save_localizations, rerank, dataset, grid_gnd, shown.tolist(),
+             out_dir / "aml_localization.png", image_size=cfg.image_size)
+    if salient is not None:
+        from .salient.viz import save_region_matches
+
+        draw("salient_regions.png", save_region_matches, salient, dataset, grid_gnd, shown.tolist(),
+             out_dir / "salient_regions.png")
+    if local is not None:
+        from .localsim.viz import save_local_boxes
+
+        draw("local_boxes.png", save_local_boxes, local, dataset, grid_gnd, shown.tolist(),
+             out_dir / "local_boxes.png", mode=str(cfg.method.mode))
+    if d2r is not None and d2r["info"]["regions_per_image"] > 1:
+        from .d2r.viz import save_regions
+
+        draw("d2r_regions.png", save_regions, dataset, d2r["boxes"], d2r["box_scores"],
+             out_dir / "d2r_regions.png", image_size=int(cfg.image_size), title=d2r["info"]["variant"])
+
+
 def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run one evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns the results dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_eval_options(cfg)
     check_rerank_config(cfg)
     check_salient_config(cfg)
     check_local_config(cfg)
@@ -302,6 +370,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
+    check_has_positives(dataset)
     learned = LearnedSets(dataset, set_cache_dir(Path(str(cfg.paths.cache_dir)) / "content"))
     check_checkpoint_training(cfg, learned)
     backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
@@ -361,35 +430,8 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     if results["skipped_images"]["count"]:
         log.warning("%d unreadable images were skipped (listed in results.json under skipped_images)",
                     results["skipped_images"]["count"])
-    atomic_json(results, out_dir / "results.json")
-    if cfg.results_file:
-        atomic_json(results, Path(cfg.results_file))
+    write_results(results, out_dir / "results.json", Path(cfg.results_file) if cfg.results_file else None)
     if cfg.plots.enabled:
-        gnds = protocol_gnd(dataset)
-        save_pr_curves({p: pr_curve(ranks_db_nq, g) for p, g in gnds.items()}, results["map"],
-                       out_dir / "pr_curve.png", f"{results['method']} on {dataset.name}")
-        shown = np.linspace(0, dataset.n_queries - 1, min(int(cfg.plots.n_queries), dataset.n_queries)).astype(int)
-        grid_gnd = gnds["medium" if dataset.protocol == "revisited" else "all"]
-        save_topk_grid(ranks_db_nq, grid_gnd, dataset.db_paths, dataset.query_paths, dataset.query_bbx,
-                       out_dir / "topk.png", shown.tolist(), k=10)
-        if rerank is not None:
-            from .rerank.viz import save_localizations
-
-            save_localizations(rerank, dataset, grid_gnd, shown.tolist(), out_dir / "aml_localization.png",
-                               image_size=cfg.image_size)
-        if salient is not None:
-            from .salient.viz import save_region_matches
-
-            save_region_matches(salient, dataset, grid_gnd, shown.tolist(), out_dir / "salient_regions.png")
-        if local is not None:
-            from .localsim.viz import save_local_boxes
-
-            save_local_boxes(local, dataset, grid_gnd, shown.tolist(), out_dir / "local_boxes.png",
-                             mode=str(cfg.method.mode))
-        if d2r is not None and d2r["info"]["regions_per_image"] > 1:
-            from .d2r.viz import save_regions
-
-            save_regions(dataset, d2r["boxes"], d2r["box_scores"], out_dir / "d2r_regions.png",
-                         image_size=int(cfg.image_size), title=d2r["info"]["variant"])
+        save_pictures(cfg, dataset, results, ranks_db_nq, out_dir, rerank, salient, local, d2r)
     print(format_table(results), flush=True)
     return results

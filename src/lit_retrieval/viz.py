@@ -1,6 +1,7 @@
 """Images of retrieval results: precision-recall curves and a grid of top-ranked results per query."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -10,9 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
+from .data.errors import DataError  # noqa: E402
 from .data.images import crop_query, load_image  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 RECALL_GRID = np.linspace(0, 1, 101)
 
@@ -51,16 +55,32 @@ def save_pr_curves(curves: dict[str, np.ndarray | None], maps: dict[str, float],
     plt.close(fig)
 
 
+def picture_image(path: Path) -> Image.Image:
+    """An image for a picture: a file that cannot be read (e.g. one ``skip_bad_images`` skipped) is drawn as a grey
+    placeholder with a cross, logged, instead of failing the picture."""
+    try:
+        return load_image(path)
+    except DataError as err:
+        log.warning("picture: %s is unreadable, drawn as a placeholder (%s)", path, err.what)
+        img = Image.new("RGB", (64, 48), (160, 160, 160))
+        ImageDraw.Draw(img).line([(0, 0), (63, 47)], fill=(200, 0, 0), width=3)
+        ImageDraw.Draw(img).line([(0, 47), (63, 0)], fill=(200, 0, 0), width=3)
+        return img
+
+
 def _thumb(path: Path, bbx=None, size: int = 160) -> np.ndarray:
-    img = load_image(path)
-    img = crop_query(img, bbx, None, source=path) if bbx is not None else img.copy()
+    img = picture_image(path)
+    try:
+        img = crop_query(img, bbx, None, source=path) if bbx is not None else img.copy()
+    except DataError:  # a placeholder is smaller than the box
+        img = img.copy()
     img.thumbnail((size, size), Image.LANCZOS)
     return np.asarray(img)
 
 
 def show_thumbnail(ax, path: Path, size: int) -> tuple[float, float]:
     """Draw an image shrunk to ``size`` on its long side; returns the ``(x, y)`` scale from original pixels."""
-    img = load_image(path)
+    img = picture_image(path)
     w0, h0 = img.size
     img.thumbnail((size, size), Image.LANCZOS)
     ax.imshow(np.asarray(img))

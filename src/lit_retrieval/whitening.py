@@ -138,6 +138,6 @@ class Whitening:
 
     @classmethod
     def load(cls, path: str | Path) -> "Whitening":
-        z = np.load(path)
+        z = np.load(path, allow_pickle=False)
         dims = int(z["dims"])
         return cls(m=z["m"], P=z["P"], kind=str(z["kind"]), dims=None if dims < 0 else dims)

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..atomic import atomic_json
 from ..data import RetrievalDataset, load_dataset
-from ..data.provenance import ContentSet, check_disjoint, dataset_content
+from ..data.provenance import ContentSet, check_disjoint, dataset_content, item_keys
 from ..models.checkpoint import TRAINING_CONTENT
 from ..evaluate import weights_identity
 from ..loggers import log_table
@@ -291,7 +291,7 @@ class RetrievalEvaluation(pl.Callback):
             key = {"backbone": pl_module.backbone.name, "method": method.cache_key(), "image_size": self.image_size,
                    "weights": weights_identity(str(pl_module.hparams.get("backbone", {}).get("weights", "")), 0),
                    "dataset": data.name, "root": str(data.root), "part": part, "shard": [rank, world],
-                   "items": [[str(i.path), i.bbx] for i in mine], "version": 1}
+                   "items": item_keys(mine), "version": 2}
             cache = DescriptorCache(Path(self.cache_dir), key)
         local, _ = extract(mine, method, pl_module.backbone.normalize, self.image_size,
                            power=getattr(method, "power", 1.0), cache=cache, num_workers=0,

@@ -32,7 +32,7 @@ from ..data.synthetic.benchmark import split_by_image
 from ..retrieval import dataset_items
 from ..retrieval.extract import ImageItem, image_loader
 from .boxes import rmac_boxes, select_boxes
-from ..data.provenance import LearnedSets
+from ..data.provenance import LearnedSets, default_hasher
 from .codebook import Codebook, learn_codebook
 from .database import Database, check_variant, encode_image, encode_query, normalization, variant_name
 from .features import ActivationFeatures, crop, region_descriptors
@@ -145,8 +145,9 @@ def learn_or_load_codebook(extractor: ActivationFeatures, s: Settings, paths: Se
     rng = np.random.default_rng(s.seed)
     pick = sorted(rng.choice(len(paths), size=min(s.codebook_images, len(paths)), replace=False).tolist())
     chosen = [Path(paths[i]) for i in pick]
+    content = default_hasher().keys(chosen, missing_ok=True)  # the images by content, not by name
     key = {**base_key, **s.codebook_key(), "image_size": image_size,
-           "images_digest": hashlib.sha1("\n".join(map(str, chosen)).encode()).hexdigest(), "version": 1}
+           "images_digest": hashlib.sha1("\n".join(content).encode()).hexdigest(), "version": 2}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "d2r_codebooks" / f"{digest}.npz" if cache_dir else None
     if path is not None and path.is_file():

@@ -29,6 +29,7 @@ from .errors import DataError, GroundTruthError, ImageLoadError
 from .revisited import (
     Box,
     check_files_exist,
+    disjoint_lists,
     entry_bbx,
     entry_list,
     index_array,
@@ -133,7 +134,8 @@ def parse_classic(
     bbxs: list[Box | None] = []
     for i, entry in enumerate(entries):
         entry = require_mapping(entry, CLASSIC_KEYS, gnd_file, where=f"gnd[{i}]")
-        gnd.append({k: index_array(entry[k], len(imlist), f"gnd[{i}][{k!r}]", gnd_file) for k in CLASSIC_KEYS})
+        gnd.append(disjoint_lists({k: index_array(entry[k], len(imlist), f"gnd[{i}][{k!r}]", gnd_file)
+                                   for k in CLASSIC_KEYS}, i, gnd_file))
         bbxs.append(entry_bbx(entry, i, gnd_file))
     return imlist, qidx, gnd, bbxs
 

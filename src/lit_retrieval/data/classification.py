@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_json
+from ..atomic import atomic_json, make_temp_dir
 from .errors import DataError
 from .images import load_image, to_tensor
 from .provenance import ContentSet, content_of_files
@@ -239,7 +238,7 @@ def build_embedded_classification(out_root: PathLike, n_classes: int = 8, n_trai
     if _embedded_complete(root, params):
         return root
     out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
+    tmp = make_temp_dir(f".{name}.tmp-", out_root)
     try:
         with tqdm(total=n_classes * (n_train + n_val), desc=f"building {name}", disable=not progress) as bar:
             for split_code, (split, n) in enumerate((("train", n_train), ("val", n_val))):

@@ -42,13 +42,18 @@ class LeakageError(DataError):
     """A learned component would be learned on (part of) the images being evaluated."""
 
 
+KEY_VERSION = 2  # bump when what a content key covers changes (memoised keys of another version are dropped)
+
+
 def pixel_key(path: str | os.PathLike[str]) -> str:
-    """Hash of the decoded pixels of an image file (``px:``), or of its bytes when it does not decode (``raw:``)."""
+    """Hash of the decoded pixels of an image file and of its EXIF orientation (which changes the image the
+    loaders produce) (``px:``), or of its bytes when it does not decode (``raw:``)."""
     h = hashlib.blake2b(digest_size=16)
     try:
         with Image.open(path) as img:
             img.load()
-            h.update(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
+            orientation = img.getexif().get(0x0112, 1)
+            h.update(f"{img.mode}:{img.size[0]}x{img.size[1]}:o{orientation}:".encode())
             h.update(img.tobytes())
         return "px:" + h.hexdigest()
     except (OSError, ValueError, Image.DecompressionBombError):
@@ -81,42 +86,65 @@ class ContentHasher:
             if f is not None and f.is_file():
                 try:
                     data = json.loads(f.read_text())
-                    if data.get("folder") == str(folder):
+                    if data.get("folder") == str(folder) and data.get("version") == KEY_VERSION:
                         memo = data["files"]
                 except (OSError, ValueError, KeyError, TypeError):
                     memo = {}  # a damaged memo is only a lost speed-up
             self._memo[folder] = memo
         return self._memo[folder]
 
-    def keys(self, paths: Sequence[str | os.PathLike[str]], desc: str = "content keys") -> list[str]:
-        """The content key of every file of ``paths`` (same order)."""
+    def keys(self, paths: Sequence[str | os.PathLike[str]], desc: str = "content keys",
+             missing_ok: bool = False) -> list[str]:
+        """The content key of every file of ``paths`` (same order); ``missing_ok``: a missing or unreadable file
+        gets ``missing:<path>`` (the loaders report it) instead of an error."""
         files = [Path(p).resolve() for p in paths]
-        stats = [f.stat() for f in files]
+        stats: list[os.stat_result | None] = []
+        for f in files:
+            try:
+                stats.append(f.stat())
+            except OSError:
+                if not missing_ok:
+                    raise
+                stats.append(None)
         out: list[str | None] = [None] * len(files)
         todo = []
         for i, (f, st) in enumerate(zip(files, stats)):
+            if st is None:
+                out[i] = f"missing:{f}"
+                continue
             hit = self._folder_memo(f.parent).get(f.name)
             if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
                 out[i] = hit[2]
             else:
                 todo.append(i)
         if todo:
+            key_of = _missing_ok_key if missing_ok else pixel_key
             with ThreadPoolExecutor(max(1, self.workers)) as pool:  # PIL decodes without the GIL
-                computed = list(tqdm(pool.map(pixel_key, [files[i] for i in todo]), total=len(todo), desc=desc,
+                computed = list(tqdm(pool.map(key_of, [files[i] for i in todo]), total=len(todo), desc=desc,
                                      disable=len(todo) < 200, leave=False))
             dirty = set()
             for i, key in zip(todo, computed):
                 out[i] = key
+                if key.startswith("missing:"):
+                    continue
                 self._folder_memo(files[i].parent)[files[i].name] = [stats[i].st_size, stats[i].st_mtime_ns, key]
                 dirty.add(files[i].parent)
             for folder in dirty:
                 memo_file = self._folder_memo_file(folder)
                 if memo_file is not None:
                     try:
-                        atomic_json({"folder": str(folder), "files": self._memo[folder]}, memo_file)
+                        atomic_json({"folder": str(folder), "version": KEY_VERSION, "files": self._memo[folder]},
+                                    memo_file)
                     except OSError as e:  # a read-only cache costs only speed
                         log.warning("could not write the content-key memo %s (%s)", memo_file, e)
         return [k for k in out if k is not None]
+
+
+def _missing_ok_key(path: Path) -> str:
+    try:
+        return pixel_key(path)
+    except OSError:  # vanished or unreadable between stat and read
+        return f"missing:{path}"
 
 
 _DEFAULT = ContentHasher()
@@ -132,6 +160,14 @@ def set_cache_dir(cache_dir: str | os.PathLike[str] | None) -> ContentHasher:
     if _DEFAULT.cache_dir != (None if cache_dir is None else Path(cache_dir)):
         _DEFAULT = ContentHasher(cache_dir)
     return _DEFAULT
+
+
+def item_keys(items: Sequence[Any], hasher: ContentHasher | None = None) -> list[list[Any]]:
+    """Cache-key entries of image items (``ImageItem``: ``path``, ``bbx``): each image's content key, not its
+    path, with its box, so a file replaced in place (or a benchmark rebuilt under the same names) is never served
+    another image's cached descriptor. Keys are memoised by (path, size, mtime)."""
+    keys = (hasher or _DEFAULT).keys([i.path for i in items], desc="content keys (cache)", missing_ok=True)
+    return [[k, None if i.bbx is None else [float(v) for v in i.bbx]] for k, i in zip(keys, items)]
 
 
 @dataclass

@@ -137,7 +137,8 @@ def parse_revisited(
     bbxs: list[Box | None] = []
     for i, entry in enumerate(entries):
         entry = require_mapping(entry, REVISITED_KEYS, gnd_file, where=f"gnd[{i}]")
-        gnd.append({k: index_array(entry[k], len(imlist), f"gnd[{i}][{k!r}]", gnd_file) for k in REVISITED_KEYS})
+        gnd.append(disjoint_lists({k: index_array(entry[k], len(imlist), f"gnd[{i}][{k!r}]", gnd_file)
+                                   for k in REVISITED_KEYS}, i, gnd_file))
         bbxs.append(entry_bbx(entry, i, gnd_file))
     return imlist, qimlist, gnd, bbxs
 
@@ -207,6 +208,11 @@ def name_list(values: object, key: str, file: Path) -> list[str]:
     for i, v in enumerate(values):
         if not isinstance(v, str) or not v:
             raise GroundTruthError(f"{key}[{i}] = {v!r} is not a non-empty image name", file, _FIX_GND)
+        if os.path.isabs(v) or v.startswith(("/", "\\")) or ".." in v.replace("\\", "/").split("/"):
+            raise GroundTruthError(
+                f"{key}[{i}] = {v!r} points outside the dataset's image folder (absolute, or with '..')", file,
+                "image names are relative to <root>/<name>/jpg/ and stay inside it: drop the leading '/' or the "
+                "'..' parts")
     return list(values)
 
 
@@ -246,7 +252,30 @@ def index_array(values: object, n_db: int, label: str, file: Path) -> np.ndarray
             f"{label} has index {int(bad[0])} out of range [0, {n_db}) ({bad.size} bad index(es))", file,
             "indices must be 0-based positions in imlist (convert 1-based MATLAB indices with -1)",
         )
+    values_, counts = np.unique(out, return_counts=True)
+    if (counts > 1).any():
+        dup = values_[counts > 1]
+        raise GroundTruthError(
+            f"{label} lists index {int(dup[0])} {int(counts[counts > 1][0])} times ({dup.size} repeated "
+            "index(es)): a repeated positive would be counted twice by the mAP", file,
+            "list each database image at most once per query")
     return out
+
+
+def disjoint_lists(entry: dict[str, np.ndarray], i: int, file: Path) -> dict[str, np.ndarray]:
+    """``entry`` (``easy``/``hard``/``junk`` or ``ok``/``junk`` index arrays of query ``i``) when no database image
+    is in two of its lists, else a ``GroundTruthError`` (an image both positive and junk would be ignored and
+    counted at once)."""
+    keys = list(entry)
+    for a in range(len(keys)):
+        for b in range(a + 1, len(keys)):
+            both = np.intersect1d(entry[keys[a]], entry[keys[b]])
+            if both.size:
+                raise GroundTruthError(
+                    f"gnd[{i}]: database index {int(both[0])} is both {keys[a]!r} and {keys[b]!r} "
+                    f"({both.size} such index(es))", file,
+                    f"put each database image in at most one of {keys} for a query")
+    return entry
 
 
 def entry_bbx(entry: Mapping[str, Any], i: int, file: Path) -> Box | None:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import RetrievalDataset, load_dataset
-from ..data.provenance import LearnedSets, is_transductive
+from ..data.provenance import LearnedSets, is_transductive, item_keys
 from ..models.local_similarity import LocalSimilarityNet, decode_boxes, tail_convs
 from ..retrieval import DescriptorCache, dataset_items, extract
 from .pq import GridQuantizer
@@ -114,7 +114,7 @@ def describe(net: LocalSimilarityNet, dataset: RetrievalDataset, part: str, imag
     if cache_root is not None:
         key = {**(base_key or {}), "local_similarity": feature_key(net), "image_size": image_size,
                "dataset": dataset.name, "root": str(dataset.root), "part": part,
-               "items": [[str(i.path), i.bbx] for i in items], "version": 1}
+               "items": item_keys(items), "version": 2}
         cache = DescriptorCache(cache_root, key, chunk_size=16)
     arr, skipped = extract(items, one, net.backbone.normalize, image_size, cache=cache, num_workers=num_workers,
                            skip_bad=skip_bad, desc=f"{dataset.name}/{part} grids", progress=progress, device=device)

@@ -15,8 +15,13 @@ def read_entry(ckpt_path: str | Path, key: str, model: str,
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found ({p}). Fix: pass ckpt_path=RUN/checkpoints/best.ckpt of a "
                                 f"`python train.py model={model} ...` run")
-    ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    if key not in ckpt:
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt, not a torch file, or unsafe content: all unreadable
+        raise ValueError(f"cannot read checkpoint {p} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+                         f"Fix: pass an intact checkpoint written by `python train.py model={model}` "
+                         "(RUN/checkpoints/best.ckpt or last.ckpt)") from None
+    if not isinstance(ckpt, dict) or key not in ckpt:
         raise ValueError(f"{p} is not a {model.replace('_', '-')} checkpoint (no {key!r} entry). Fix: use a "
                          f"checkpoint written by `python train.py model={model}`")
     return ckpt[key], p

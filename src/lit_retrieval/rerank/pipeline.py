@@ -23,7 +23,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import RetrievalDataset
-from ..retrieval import ImageItem, build_method, image_loader
+from ..data.provenance import item_keys
+from ..retrieval import ImageItem, build_method, dataset_items, image_loader
 from .integral import Workspace, check_root
 from .rerank import Reranked, WindowDescriptor, rerank_shortlist, window_query_expansion
 from .storage import ActivationStore
@@ -86,7 +87,7 @@ def activation_store(cfg: DictConfig, base_key: dict[str, Any], dataset: Retriev
     s = cfg.rerank.store
     key = {k: v for k, v in base_key.items() if k not in ("method", "scales")}
     key.update(kind="activations", dataset=dataset.name, root=str(dataset.root),
-               items=[str(p) for p in dataset.db_paths])
+               items=item_keys(dataset_items(dataset, "db")), version=2)
     return ActivationStore(s.dir, key, quantized=bool(s.quantize), clip=None if s.clip is None else float(s.clip),
                            levels=int(s.levels))
 

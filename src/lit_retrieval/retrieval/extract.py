@@ -99,8 +99,15 @@ def extract(items: Sequence[ImageItem], describe: Describe, normalize: Callable[
     if cache is not None:
         for c in range(len(ranges)):
             got = cache.load(c)
-            if got is not None and len(got[0]) == len(ranges[c]):
+            if got is not None and got[0].ndim == 2 and len(got[0]) == len(ranges[c]):
                 done[c] = got
+        widths = [d[0].shape[1] for d in done.values()]
+        if len(set(widths)) > 1:  # a chunk of another width is damaged or foreign: recomputed, never mixed in
+            width = max(set(widths), key=widths.count)
+            for c in [c for c, d in done.items() if d[0].shape[1] != width]:
+                log.warning("%s: cached chunk %s has descriptors of width %d, not %d: ignored and recomputed",
+                            desc, cache.chunk_path(c), done[c][0].shape[1], width)
+                del done[c]
     todo = [c for c in range(len(ranges)) if c not in done]
     indices = [i for c in todo for i in ranges[c]]
     if indices:

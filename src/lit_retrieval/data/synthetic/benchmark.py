@@ -25,7 +25,6 @@ byte-identical files.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 from .backgrounds import BackgroundSource, resize_long_side
 from .compositor import PRESETS, PasteParams, paste
 from .objects import ObjectInstance, ObjectRef, ObjectSource
-from ...atomic import atomic_pickle
+from ...atomic import atomic_pickle, make_temp_dir
 from .shuffle import publish_dir, shuffle_patches
 
 FORMAT_VERSION = 1
@@ -225,7 +224,7 @@ def build_benchmark(
 
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
+    tmp = make_temp_dir(f".{name}.tmp-", out_root)
     gnd = [{"bbx": [float(v) for v in r.bbox], "easy": [], "hard": [], "junk": []} for r in queries]
     boxes: dict[str, list[int]] = {}
     pastes: dict[str, list[dict[str, Any]]] = {}

@@ -1,10 +1,11 @@
 """Ready-made benchmarks: the embedded (procedural) one and COCO objects on ImageNet backgrounds."""
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import DataError
+from ..revisited import read_pickle
 from .backgrounds import ImageFolderBackgrounds, list_images
 from .benchmark import DEFAULT_POSITIVES, FORMAT_VERSION, build_benchmark, split_by_image
 from .objects import CocoObjects, ObjectSubset
@@ -50,11 +51,14 @@ def build_from_shared(coco_dir: str | Path, backgrounds_dir: str | Path, out_roo
 
 
 def _is_current(root: Path, name: str, seed: int) -> bool:
-    try:
-        with open(root / f"gnd_{name}.pkl", "rb") as f:
-            meta = pickle.load(f).get("meta", {})
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+    path = root / f"gnd_{name}.pkl"
+    if not path.is_file():
         return False
+    try:
+        raw = read_pickle(path)  # restricted: never runs code from the cached file
+    except DataError:
+        return False
+    meta = raw.get("meta", {}) if isinstance(raw, dict) else {}
     return meta.get("version") == FORMAT_VERSION and meta.get("seed") == seed
 
 

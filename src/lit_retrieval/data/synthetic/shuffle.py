@@ -6,9 +6,7 @@ and extends its database with patch-shuffled copies of every query's positives, 
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ...atomic import atomic_pickle
+from ...atomic import atomic_pickle, make_temp_dir
+from ..revisited import read_pickle
 
 SHUFFLED_PREFIX = "shf_"
 
@@ -61,11 +60,7 @@ def read_gnd(root: str | Path, name: str) -> dict[str, Any]:
     path = Path(root) / name / f"gnd_{name}.pkl"
     if not path.is_file():
         raise FileNotFoundError(f"ground truth {path} does not exist; expected the revisited layout <root>/<name>/gnd_<name>.pkl")
-    try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except Exception as e:  # corrupt or truncated pickles raise many different types
-        raise ValueError(f"cannot read ground truth {path} ({type(e).__name__}: {e}); rebuild or re-download it") from e
+    data = read_pickle(path)  # the restricted unpickler: a ground-truth file cannot run code
     if not isinstance(data, dict) or not {"imlist", "qimlist", "gnd"} <= set(data):
         raise ValueError(f"ground truth {path} must be a dict with 'imlist', 'qimlist' and 'gnd'")
     return data
@@ -83,7 +78,7 @@ def publish_dir(tmp: Path, dst: Path, overwrite: bool) -> None:
     if dst.exists():
         if not overwrite:
             raise FileExistsError(f"{dst} already exists; remove it or pass overwrite=True (--overwrite)")
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        old = make_temp_dir(f".{dst.name}.old-", dst.parent)
         os.rename(dst, old)  # onto the fresh empty folder
         os.rename(tmp, dst)
         shutil.rmtree(old, ignore_errors=True)
@@ -106,7 +101,7 @@ def shuffle_dataset(src_root: str | Path, src_name: str, dst_root: str | Path, d
     originals = [imlist[i] for i in sorted({i for entry in data["gnd"] for i in _positives(entry)})]
     dst_root = Path(dst_root)
     dst_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst_name}.tmp-", dir=dst_root))
+    tmp = make_temp_dir(f".{dst_name}.tmp-", dst_root)
     try:
         (tmp / "jpg").mkdir()
         for f in sorted((src / "jpg").iterdir()):
