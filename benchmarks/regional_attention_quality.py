@@ -76,7 +76,7 @@ def main() -> None:
         print("|---|" + "---|" * len(args.scales))
         pairs = [(ctx, uniform), (ctx, rmac)] + ([(att, uniform), (ctx, att)] if att in res else [])
         for a, b in pairs:
-            print(f"| {a.lstrip('+ ')} − {b.split(' (')[0]} | " + " | ".join(
+            print(f"| {a.lstrip('+ ')} − {b.lstrip('+ ').split(' (')[0]} | " + " | ".join(
                 format_diff(paired_bootstrap(medium(res[a][S]), medium(res[b][S])), 1) for S in args.scales)
                 + " |", flush=True)
 

@@ -55,6 +55,10 @@ def test_results_file_and_cache_dir_are_checked_at_start(tiny, tmp_path, monkeyp
     folder.mkdir()
     with pytest.raises(OptionError, match="results_file=.*is a folder, not a file"):
         run_eval(eval_cfg(tmp_path, *_tiny(tiny), f"results_file={folder}"), tmp_path / "run")
+    a_file = tmp_path / "plain_file"
+    a_file.write_text("x")
+    with pytest.raises(OptionError, match="results_file=.*cannot be written"):  # its folder is a file
+        run_eval(eval_cfg(tmp_path, *_tiny(tiny), f"results_file={a_file}/out.json"), tmp_path / "run")
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir()

@@ -39,7 +39,7 @@ BOX_TOLERANCE = 1.0
 _FIX_MISSING = "check dataset.root / the image list (file names and extension)"
 _FIX_BAD_FILE = (
     "re-download or re-extract this image, remove it from the image list, "
-    "or skip bad images (skip_bad=True) so that they are reported and counted"
+    "or pass skip_bad_images=true so that unreadable images are skipped, reported and counted"
 )
 # What decoders raise on corrupt data: OSError ("image file is truncated", "broken data stream"),
 # SyntaxError (broken PNG chunks), EOFError, ValueError / struct.error (bad headers).
