@@ -49,3 +49,13 @@ def tiny_test(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_test")
     build_embedded(root, seed=4, name="tinytest", n_queries=3, n_distractors=4, progress=False)
     return root
+
+
+class Exploit:
+    """A pickle payload that touches ``target`` when unpickled by a plain unpickler (it must never run)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import Exploit
 from lit_retrieval.data.classic import list_images, load_classic
 from lit_retrieval.data.dataset import RetrievalDataset
 from lit_retrieval.data.errors import BoxError, DataError, GroundTruthError, ImageLoadError
@@ -335,17 +336,10 @@ def test_revisited_unreadable_pickles(tmp_path):
     assert_clear(err, broken)
 
 
-class _Exploit:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
-
 
 def test_revisited_pickle_cannot_run_code(tmp_path):
     target = tmp_path / "pwned"
-    _write_raw(tmp_path, "evil", {"imlist": [], "qimlist": [], "gnd": _Exploit(target)})
+    _write_raw(tmp_path, "evil", {"imlist": [], "qimlist": [], "gnd": Exploit(target)})
     with pytest.raises(GroundTruthError, match="refusing to load"):
         load_revisited(tmp_path, "evil")
     assert not target.exists()

@@ -13,6 +13,7 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
+from conftest import Exploit
 from lit_retrieval.data.synthetic import (
     CocoObjects,
     ImageFolderBackgrounds,
@@ -438,13 +439,6 @@ def test_build_benchmark_rejects_bad_requests(tmp_path, proc_objects):
     assert not [p for p in tmp_path.iterdir() if p.name != "y"]
 
 
-class _Exploit:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
-
 
 def test_shuffle_from_refuses_a_pickle_that_would_run_code(tmp_path):
     from lit_retrieval.data.errors import GroundTruthError
@@ -454,7 +448,7 @@ def test_shuffle_from_refuses_a_pickle_that_would_run_code(tmp_path):
     src = tmp_path / "src" / "evil"
     (src / "jpg").mkdir(parents=True)
     with open(src / "gnd_evil.pkl", "wb") as f:
-        pickle.dump({"imlist": ["a"], "qimlist": ["q"], "gnd": [_Exploit(target)]}, f)
+        pickle.dump({"imlist": ["a"], "qimlist": ["q"], "gnd": [Exploit(target)]}, f)
     with pytest.raises(GroundTruthError, match="refusing to load"):
         main(["--shuffle-from", str(src), "--out", str(tmp_path / "out"), "--name", "SHUF", "--no-progress"])
     assert not target.exists() and not (tmp_path / "out" / "SHUF").exists()
@@ -467,7 +461,7 @@ def test_embedded_freshness_check_never_runs_code(tmp_path):
     root = tmp_path / "embedded"
     root.mkdir()
     with open(root / "gnd_embedded.pkl", "wb") as f:  # a planted cache file: treated as stale and rebuilt
-        pickle.dump({"meta": _Exploit(target)}, f)
+        pickle.dump({"meta": Exploit(target)}, f)
     out = embedded_root(tmp_path, seed=0, name="embedded")
     assert not target.exists()
     assert "meta" in _load(out) and len(_load(out)["qimlist"]) == 12
