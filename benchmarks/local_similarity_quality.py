@@ -86,7 +86,7 @@ def main() -> None:
 
     from lit_retrieval.backbones import build_backbone
     from lit_retrieval.data import load_dataset
-    from lit_retrieval.evaluate import weights_identity
+    from lit_retrieval.backbones.weights import weights_identity
     from lit_retrieval.localsim import Settings, describe, fused_ranks, learn_quantizer, score
     from lit_retrieval.localsim.pq import GridQuantizer
     from lit_retrieval.models.local_similarity import stored_quantizer

@@ -202,7 +202,8 @@ def test_hydra_config(tmp_path: Path) -> None:
     params = set(inspect.signature(SyntheticPairsDataModule.__init__).parameters) - {"self"}
     assert set(cfg) - {"_target_"} == params
     assert set(cfg.objects) == set(pairs.OBJECTS_DEFAULTS) and set(cfg.backgrounds) == set(pairs.BACKGROUNDS_DEFAULTS)
-    root = OmegaConf.create({"seed": 5, "paths": {"shared_dir": str(tmp_path)}, "data": cfg})
+    root = OmegaConf.create({"seed": 5, "paths": {"shared_dir": str(tmp_path), "cache_dir": str(tmp_path)},
+                             "data": cfg})
     dm = instantiate(root.data, limit_train=3, limit_val=2)
     assert dm.seed == 5 and dm.objects_spec["n"] == 64 and dm.backgrounds_spec["n"] == 128
     assert dm.gallery_size == 448 and dm.query_size == 224 and dm.batch_size == 8 and dm.syntheses == 4
@@ -247,3 +248,23 @@ def test_trainer_epochs_reach_workers() -> None:
     assert a.train_sums == b.train_sums and a.val_sums == b.val_sums
     assert len(a.train_sums) == 3 and len({tuple(v) for v in a.train_sums.values()}) == 3
     assert len(a.val_sums) == 3 and len(set(a.val_sums)) == 1
+
+
+def test_keeping_smaller_or_all_instances_never_moves_an_image_into_another_part():
+    from lit_retrieval.data.pairs import make_backgrounds, make_objects, split_sources
+    from lit_retrieval.data.synthetic.recipes import split_by_image
+
+    coco = shared_path("data", "coco128")
+    backgrounds = make_backgrounds({"kind": "procedural", "n": 8})
+    fractions = [0.45, 0.15, 0.4]
+    benchmark = make_objects({"kind": "coco", "dir": str(coco)})  # what the cut-and-paste benchmarks split
+    held = {r.source for r in split_by_image(benchmark.refs, fractions, 0)[2]}
+    for min_size, per_image in ((48, "all"), (32, "largest"), (80, "all"), (120, "all"), (120, "largest")):
+        objects = make_objects({"kind": "coco", "dir": str(coco), "min_size": min_size})
+        parts, _ = split_sources(objects, backgrounds, fractions, 0, min_size, per_image)
+        assert not held & {r.source for p in parts[:2] for r in p.refs}, (min_size, per_image)
+        kept = {r.source for p in parts for r in p.refs}
+        assert held & kept <= {r.source for r in parts[2].refs}
+    small = make_objects({"kind": "coco", "dir": str(coco), "min_size": 48})
+    assert len(split_sources(small, backgrounds, fractions, 0, 48, "all")[0][0].refs) > 3 * len(
+        split_sources(benchmark, backgrounds, fractions, 0)[0][0].refs)  # many more training objects

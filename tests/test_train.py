@@ -172,3 +172,28 @@ def test_multirun_writes_a_summary_row_per_run(tmp_path, tiny):
     assert len(rows) == 2 and "model.scales=2" in rows[0] and "model.scales=3" in rows[1]
     assert "retrieval/tiny/regional_attention/mAP_M" in table.splitlines()[0]
     assert "sweep summary" in proc.stdout
+
+
+def test_frozen_feature_training_of_both_objectives(tmp_path, tiny):
+    """data.features=cached end to end: the classification objective on crops of cached maps, and the retrieval
+    objective on a cached pool of pairs with shuffled copies; the stores are built once and reused by a second run."""
+    cached = ["data.features=cached", "callbacks.attention_viz.enabled=false", "trainer.max_epochs=1"]
+    res = train(_cfg(tmp_path / "cls", _overrides(tmp_path, tiny, *cached)))
+    assert res["global_step"] == 3 and "train/phi_cv" in res["metrics"] and "val/error" in res["metrics"]
+    stores = sorted((tmp_path / "cache" / "features").iterdir())
+    assert len(stores) == 2  # training and validation images
+
+    pairs = [o for o in _overrides(tmp_path, tiny, *cached) if not o.startswith("data.")] + [
+        "data=synthetic_pairs", "model.loss=retrieval", "data.features=cached", "data.shuffled=true",
+        "data.objects.n=12", "data.backgrounds.n=16", "data.syntheses=2", "data.batch_size=4",
+        "data.gallery_size=96", "data.query_size=64"]
+    out = train(_cfg(tmp_path / "pairs", pairs))
+    assert out["global_step"] == 3 and "val/recall1" in out["metrics"] and "val/phi_cv" in out["metrics"]
+    assert out["overlap"]["training data vs val tiny"]["overlap"] == 0
+    stores = sorted((tmp_path / "cache" / "features").iterdir())
+    assert len(stores) == 4
+    mtimes = {p: p.stat().st_mtime_ns for s in stores for p in s.glob("chunk_*")}
+    again = train(_cfg(tmp_path / "pairs2", pairs))  # the same pool: read back, nothing recomputed
+    assert {p: p.stat().st_mtime_ns for s in stores for p in s.glob("chunk_*")} == mtimes
+    assert again["metrics"]["retrieval/tiny/regional_attention/mAP_M"] == out["metrics"][
+        "retrieval/tiny/regional_attention/mAP_M"]

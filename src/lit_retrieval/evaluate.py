@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import pooling
 from .atomic import atomic_json, strict_json
 from .backbones import Backbone, build_backbone
+from .backbones.weights import weights_identity
 from .data import RetrievalDataset, load_dataset, whitening_pairs
 from .data.errors import GroundTruthError
 from .data.provenance import ContentSet, LearnedSets, is_transductive, item_keys, set_cache_dir
@@ -37,17 +38,6 @@ from .viz import pr_curve, save_pr_curves, save_topk_grid
 from .whitening import Whitening
 
 log = logging.getLogger(__name__)
-
-
-def weights_identity(weights: str, seed: int) -> str:
-    """What identifies a backbone's weights in cache keys (a file's path, size and mtime; random's seed)."""
-    if weights == "random":
-        return f"random:seed={seed}"
-    p = Path(str(weights))
-    if p.suffix in {".pth", ".pt", ".ckpt"} or p.exists():
-        st = p.stat() if p.exists() else None
-        return f"file:{p.resolve()}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
-    return str(weights)
 
 
 def loader_workers(setting: int | str, device: str) -> int:

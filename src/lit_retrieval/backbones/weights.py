@@ -210,3 +210,14 @@ def resolve_imagenet_checkpoint(
         f"and {reason}. Download {url} and put it at {hub_dir / filename} (the torch hub cache), "
         f"or in the folder named by ${WEIGHTS_DIR_ENV}. {_ALTERNATIVES}"
     )
+
+
+def weights_identity(weights: str, seed: int) -> str:
+    """What identifies a backbone's weights in cache keys (a file's path, size and mtime; random's seed)."""
+    if weights == "random":
+        return f"random:seed={seed}"
+    p = Path(str(weights))
+    if p.suffix in {".pth", ".pt", ".ckpt"} or p.exists():
+        st = p.stat() if p.exists() else None
+        return f"file:{p.resolve()}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
+    return str(weights)

@@ -23,6 +23,11 @@ records go to ``retrieval.json`` and ``results.json`` (``overlap``).
 
 Under DDP every rank extracts its share of the images (``rank::world_size``); the descriptors are gathered
 on all ranks before the search, so each rank computes the same metrics.
+
+Methods that take the frozen backbone's maps as input (``takes_maps`` true, e.g. regional attention on the R-MAC
+grid and its ``Φ ≡ 1`` reference) on a module with a frozen backbone (``frozen_encoder()``) read the benchmark images' maps
+from memory after the first evaluation (up to ``frozen_maps_mb`` MB): later evaluations run only the
+trained part, as training itself does with ``data.features=cached``.
 """
 from __future__ import annotations
 
@@ -33,17 +38,20 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 from torch import nn
 
 from ..atomic import atomic_json
 from ..data import RetrievalDataset, load_dataset
 from ..data.provenance import ContentSet, check_disjoint, dataset_content, item_keys
 from ..models.checkpoint import TRAINING_CONTENT
-from ..evaluate import weights_identity
+from ..backbones.weights import weights_identity
 from ..loggers import log_table
 from ..metrics import compare, evaluate_ranks, format_diff, uncertainty
 from ..retrieval import DescriptorCache, build_method, dataset_items, extract, search
+from ..retrieval.extract import image_loader
 
 log = logging.getLogger(__name__)
 _PROTO_SUFFIX = {"easy": "_E", "medium": "_M", "hard": "_H", "all": ""}
@@ -86,7 +94,8 @@ class RetrievalEvaluation(pl.Callback):
                  baselines: Mapping[str, Mapping[str, Any]] | None = None, image_size: int = 512,
                  every_n_epochs: int = 1, ks: tuple[int, ...] = (1, 5, 10), cache_dir: str | None = None,
                  output_dir: str | None = None, enabled: bool = True,
-                 test_datasets: Mapping[str, Mapping[str, Any]] | None = None, allow_overlap: bool = False) -> None:
+                 test_datasets: Mapping[str, Mapping[str, Any]] | None = None, allow_overlap: bool = False,
+                 frozen_maps_mb: float = 2048) -> None:
         super().__init__()
         if int(every_n_epochs) < 1:
             raise ValueError(f"callbacks.retrieval_eval.every_n_epochs={every_n_epochs} must be >= 1")
@@ -115,6 +124,9 @@ class RetrievalEvaluation(pl.Callback):
         self.provenance: dict[str, Any] = {}
         self.training_content: ContentSet | None = None
         self._testing = False
+        self.frozen_maps_mb = float(frozen_maps_mb)
+        self._maps: dict[tuple[str, str], list[torch.Tensor]] = {}  # (dataset, part) -> this rank's frozen maps
+        self._maps_bytes = 0
 
     # -- checkpointed state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -293,10 +305,45 @@ class RetrievalEvaluation(pl.Callback):
                    "dataset": data.name, "root": str(data.root), "part": part, "shard": [rank, world],
                    "items": item_keys(mine), "version": 2}
             cache = DescriptorCache(Path(self.cache_dir), key)
-        local, _ = extract(mine, method, pl_module.backbone.normalize, self.image_size,
-                           power=getattr(method, "power", 1.0), cache=cache, num_workers=0,
-                           desc=f"{data.name}/{part}", progress=trainer.is_global_zero, device=pl_module.device)
+        maps = None
+        if getattr(method, "takes_maps", False) and (not cacheable or (data.name + ":" + str(data.root), part)
+                                                     in self._maps):
+            maps = self._frozen_maps(pl_module, data, part, mine)  # (a reference only when already in memory)
+        if maps:
+            with torch.inference_mode():
+                local = np.concatenate([method(m.to(pl_module.device)[None]).float().cpu().numpy() for m in maps])
+        else:
+            local, _ = extract(mine, method, pl_module.backbone.normalize, self.image_size,
+                               power=getattr(method, "power", 1.0), cache=cache, num_workers=0,
+                               desc=f"{data.name}/{part}", progress=trainer.is_global_zero, device=pl_module.device)
         return gather_rows(local, len(items), rank, world)
+
+    def _frozen_maps(self, pl_module: pl.LightningModule, data: RetrievalDataset, part: str,
+                     items: list[Any]) -> list[torch.Tensor] | None:
+        """This rank's frozen maps of ``data``'s ``part`` (in memory), computed at the first call; ``None``
+        when the module has no frozen encoder or they would pass ``frozen_maps_mb``."""
+        key = (data.name + ":" + str(data.root), part)
+        if key in self._maps:
+            return self._maps[key]
+        make = getattr(pl_module, "frozen_encoder", None)
+        if make is None or self._maps_bytes < 0:
+            return None
+        encoder, maps = make(), []
+        loader = image_loader(items, range(len(items)), self.image_size)
+        for _, img in tqdm(loader, total=len(items), desc=f"{data.name}/{part} frozen maps", leave=False,
+                           disable=not pl_module.trainer.is_global_zero):
+            m = encoder(img[None])[0]
+            self._maps_bytes += m.numel() * m.element_size()
+            if self._maps_bytes > self.frozen_maps_mb * 1e6:
+                log.info("retrieval evaluation: the frozen maps of %s pass callbacks.retrieval_eval.frozen_maps_mb="
+                         "%g: the trained methods re-run the backbone at every evaluation", data.name,
+                         self.frozen_maps_mb)
+                self._maps.clear()
+                self._maps_bytes = -1
+                return None
+            maps.append(m)
+        self._maps[key] = maps
+        return maps
 
     # -- outputs --------------------------------------------------------------------------------------
     def table(self, metrics: Mapping[str, float], title: str | int,

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_json, make_temp_dir
 from .errors import DataError
+from .features import CachedItems, FeatureStore, check_mode, fill_store, model_encoder
 from .images import load_image, to_tensor
 from .provenance import ContentSet, content_of_files
 from .synthetic.benchmark import split_by_image
@@ -316,6 +317,49 @@ class ClassificationDataset(Dataset[tuple[torch.Tensor, int]]):
         return self.transform(load_image(path), rng), label
 
 
+class ResizedImages(Dataset[dict[str, Any]]):
+    """The fixed pool behind cached classification features: each image whole, short side resized to
+    ``min_side`` (``{"image": 3×H×W [0, 1], "label"}``); the crops are taken from its frozen map (:class:`MapCrop`)."""
+
+    def __init__(self, samples: Sequence[Sample], min_side: int) -> None:
+        self.samples, self.min_side = list(samples), int(min_side)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.samples[index]
+        img = load_image(path)
+        w, h = img.size
+        side = self.min_side
+        size = (side, max(side, round(h * side / w))) if w <= h else (max(side, round(w * side / h)), side)
+        return {"image": to_tensor(img.resize(size, Image.Resampling.BILINEAR)), "label": np.int64(label)}
+
+    def pool_key(self) -> dict[str, Any]:
+        content = content_of_files("classification pool", [p for p, _ in self.samples])
+        return {"items": "resized-images-v1", "min_side": self.min_side, "labels": [int(y) for _, y in self.samples],
+                "content": content.digest}
+
+
+@dataclass(frozen=True)
+class MapCrop:
+    """``ResizeCrop``'s square crop taken on the cached frozen map instead: ``cells = crop / stride`` map cells at a
+    random cell-aligned position (``train=False``: centred). The short side is ``min_side`` (no jitter)."""
+
+    cells: int
+    train: bool = True
+
+    def __call__(self, item: dict[str, Any], rng: np.random.Generator | None) -> tuple[torch.Tensor, int]:
+        m = item["image"]
+        h, w = m.shape[-2:]
+        n = min(self.cells, h, w)
+        if self.train:
+            y, x = int(rng.integers(h - n + 1)), int(rng.integers(w - n + 1))
+        else:
+            y, x = (h - n) // 2, (w - n) // 2
+        return torch.from_numpy(np.ascontiguousarray(m[:, y: y + n, x: x + n])), int(item["label"])
+
+
 # ------------------------------------------------------------------------------------------------ sampler
 
 class SeededShuffleSampler(Sampler[int]):
@@ -382,6 +426,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         cache_dir: where the embedded set is built.
         split: samples only: ``{fractions, seed, parts: [train, val]}``, a by-image split of the folder instead of
             ``val_fraction`` (the split the cut-and-paste benchmarks use, so that their parts stay unseen).
+        features: ``online`` (images) or ``cached``: the frozen map of every image (short side ``min_side``, no
+            jitter) is computed once into ``feature_store.dir`` and the crops are cell-aligned crops of it
+            (``crop`` must be a multiple of the backbone's stride). ImageNet-scale sets stay ``online``.
+        feature_store: ``{dir, dtype: float16|float32, chunk_size}`` of the cached maps.
 
     Sharding under DDP is done here (train and validation, see ``SeededShuffleSampler``): the trainer runs
     with ``use_distributed_sampler=False``.
@@ -391,9 +439,15 @@ class ClassificationDataModule(pl.LightningDataModule):
                  crop: int = 800, min_side: int = 850, jitter: int = 10, val_fraction: float = 0.2, seed: int = 0,
                  limit_train: int | None = None, limit_val: int | None = None,
                  embedded: Mapping[str, Any] | None = None, cache_dir: str | None = None,
-                 split: Mapping[str, Any] | None = None) -> None:
+                 split: Mapping[str, Any] | None = None, features: str = "online",
+                 feature_store: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.features = check_mode(features)
+        self.store_opts = {"dir": None, "dtype": "float16", "chunk_size": 32, **dict(feature_store or {})}
+        if self.features == "cached" and not self.store_opts["dir"]:
+            raise DataError("data.features=cached needs a folder for the maps", None,
+                            "set data.feature_store.dir (e.g. ${paths.cache_dir}/features)")
         if split is not None and kind != "samples":
             raise ValueError("data.split (a by-image split of a flat folder) only applies to data.kind=samples")
         self.split = None if split is None else {"fractions": [float(f) for f in split["fractions"]],
@@ -447,8 +501,28 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_set = ClassificationDataset(limit_samples(train, self.limit_train, self.seed),
                                                self.train_transform, self.seed)
         self.val_set = ClassificationDataset(limit_samples(val, self.limit_val, self.seed), self.val_transform, self.seed)
+        if self.features == "cached":
+            self.train_set, self.val_set = (self._cached(ds, name) for ds, name in
+                                            ((self.train_set, "training images"), (self.val_set, "validation images")))
 
-    def _ready(self) -> tuple[ClassificationDataset, ClassificationDataset]:
+    def _cached(self, dataset: ClassificationDataset, name: str) -> CachedItems:
+        encoder = model_encoder(self)
+        stride, t = int(encoder.backbone.stride), dataset.transform
+        if t.crop % stride:
+            raise ValueError(f"data.features=cached crops the frozen map: data.crop={t.crop} must be a multiple of the "
+                             f"backbone's stride {stride} (e.g. {t.crop // stride * stride})")
+        if t.train and t.jitter > 1:
+            log.info("data.features=cached: training images are resized to a short side of %d (no jitter)",
+                     t.min_side)
+        pool = ResizedImages(dataset.samples, t.min_side)
+        store = FeatureStore(self.store_opts["dir"], {"pool": pool.pool_key(), "encoder": encoder.key()}, len(pool),
+                             ("image",), int(self.store_opts["chunk_size"]), str(self.store_opts["dtype"]))
+        fill_store(store, pool.__getitem__, encoder, f"frozen maps of the {name}", batch=1)
+        out = CachedItems(store, MapCrop(t.crop // stride, t.train), self.seed, t.train)
+        out.samples = dataset.samples
+        return out
+
+    def _ready(self) -> tuple[Any, Any]:
         if self.train_set is None or self.val_set is None:
             raise RuntimeError("ClassificationDataModule.setup() has not been called")
         return self.train_set, self.val_set

@@ -34,11 +34,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from .classification import SeededShuffleSampler, limit_samples
 from .errors import DataError
+from .features import CachedItems, FeatureStore, FrozenEncoder, check_mode, fill_store, model_encoder
 from .images import to_tensor
 from .provenance import ContentSet, content_of_files
 from .synthetic.backgrounds import BackgroundSource, ImageFolderBackgrounds
 from .synthetic.benchmark import split_by_image
 from .synthetic.compositor import PRESETS, PasteParams, paste
+from .synthetic.shuffle import shuffle_patches
 from .synthetic.objects import MIN_OBJECT_SIZE, CocoObjects, ObjectInstance, ObjectRef, ObjectSource, ObjectSubset
 from .synthetic.procedural import ProceduralBackgrounds, ProceduralObjects
 
@@ -48,7 +50,9 @@ OBJECT_KINDS = ("procedural", "coco")
 BACKGROUND_KINDS = ("procedural", "folder")
 #: ``data.objects``: procedural sources are generated from their own ``seed`` (not the run seed), so the split
 #: and its held-out part stay the same across training seeds.
-OBJECTS_DEFAULTS: dict[str, Any] = {"kind": "procedural", "dir": None, "n": 64, "seed": 0}
+OBJECTS_DEFAULTS: dict[str, Any] = {"kind": "procedural", "dir": None, "n": 64, "seed": 0,
+                                    "min_size": MIN_OBJECT_SIZE, "per_image": "largest"}
+PER_IMAGE = ("largest", "all")
 BACKGROUNDS_DEFAULTS: dict[str, Any] = {"kind": "procedural", "dir": None, "n": 128, "seed": 0}
 SPLIT_DEFAULTS: dict[str, Any] = {"fractions": (0.5, 0.1, 0.4), "seed": 0}
 #: the paste ranges of the pairs (any other ``PasteParams`` field keeps the class default)
@@ -57,7 +61,11 @@ PASTE_DEFAULTS: dict[str, Any] = {"scale": (0.15, 0.5), "rotation": (0.0, 30.0),
                                   "hue": (0.0, 0.05), "truncation_prob": 0.0}
 GALLERY_JITTER = 1.25  # the gallery's short side is resized to a random value in [size, 1.25 size] before cropping
 MAX_PASTE_TRIES = 10
+SHUFFLE_GRID = 10  # patches per side of the shuffled hard negatives (the OxfShf construction)
 TRAIN_PART, VAL_PART = 0, 1
+#: ``data.feature_store``: where and how ``data.features=cached`` keeps the frozen maps
+STORE_DEFAULTS: dict[str, Any] = {"dir": None, "dtype": "float16", "chunk_size": 32}
+PAIR_MAPS = ("query", "gallery", "shuffled")
 _FIX_COCO = ("point data.objects.dir at a COCO folder (annotations/instances.json + images/), e.g. "
              "data.objects.dir=${paths.shared_dir}/coco128, or use data.objects.kind=procedural")
 _FIX_FOLDER = ("point data.backgrounds.dir at a folder of .jpg/.jpeg/.png images, e.g. "
@@ -121,7 +129,9 @@ def make_objects(spec: Mapping[str, Any] | None = None) -> ObjectSource:
     if not root.is_dir():
         raise DataError("COCO objects folder not found", root, _FIX_COCO)
     try:
-        return CocoObjects(root, min_size=MIN_OBJECT_SIZE)
+        # every instance the benchmarks' split sees (>= MIN_OBJECT_SIZE) is kept here, whatever min_size: the split
+        # (``stable_split``) is anchored on them; split_sources keeps the instances of at least min_size
+        return CocoObjects(root, min_size=min(int(opts["min_size"]), MIN_OBJECT_SIZE))
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read the COCO objects: {err}", root, _FIX_COCO) from err
 
@@ -165,11 +175,38 @@ def one_per_image(refs: Sequence[ObjectRef], min_size: int = MIN_OBJECT_SIZE) ->
     return [r for r in refs if r in chosen]
 
 
+def _side(ref: ObjectRef) -> float:
+    x1, y1, x2, y2 = ref.bbox
+    return min(x2 - x1, y2 - y1)
+
+
+def stable_split(refs: Sequence[ObjectRef], universe: Sequence[ObjectRef], fractions: Sequence[float],
+                 seed: int) -> list[list[ObjectRef]]:
+    """``split_by_image`` of ``refs`` whose parts do not depend on which instances are kept: the source images that
+    have an instance of at least ``MIN_OBJECT_SIZE`` px in ``universe`` (the images the cut-and-paste benchmarks
+    split) are split among themselves, exactly as the benchmarks split them, and the other images (only smaller
+    instances) among themselves. Keeping smaller instances or every instance of an image therefore never moves an
+    image into another part, e.g. from a held-out benchmark's part into training."""
+    anchored = {r.source for r in universe if _side(r) >= MIN_OBJECT_SIZE}
+    a_parts = split_by_image([r for r in universe if r.source in anchored and _side(r) >= MIN_OBJECT_SIZE],
+                             fractions, seed)
+    part_of = {r.source: k for k, part in enumerate(a_parts) for r in part}
+    others = [r for r in refs if r.source not in anchored]
+    for k, part in enumerate(split_by_image(others, fractions, seed)):
+        part_of.update({r.source: k for r in part})
+    parts: list[list[ObjectRef]] = [[] for _ in fractions]
+    for r in refs:
+        parts[part_of[r.source]].append(r)
+    return parts
+
+
 def split_sources(objects: ObjectSource, backgrounds: BackgroundSource,
                   fractions: Sequence[float] = SPLIT_DEFAULTS["fractions"], seed: int = 0,
-                  min_size: int = MIN_OBJECT_SIZE) -> tuple[list[ObjectSubset], list[BackgroundSubset]]:
-    """Split objects (one per source image, see ``one_per_image``) and backgrounds by image with
-    ``split_by_image`` (same ``fractions`` and ``seed`` for both; backgrounds keyed by ``backgrounds.keys``).
+                  min_size: int = MIN_OBJECT_SIZE,
+                  per_image: str = "largest") -> tuple[list[ObjectSubset], list[BackgroundSubset]]:
+    """Split objects (``per_image="largest"``: one per source image, see ``one_per_image``; ``"all"``: every
+    instance of at least ``min_size`` px) and backgrounds by image with ``split_by_image`` (same ``fractions`` and
+    ``seed`` for both; backgrounds keyed by ``backgrounds.keys``): the instances of one image stay in one part.
 
     Returns one ``ObjectSubset`` and one ``BackgroundSubset`` per fraction. Part 0 trains and part 1
     validates in ``SyntheticPairsDataModule``; the other parts are the held-out ones (an evaluation benchmark
@@ -178,7 +215,11 @@ def split_sources(objects: ObjectSource, backgrounds: BackgroundSource,
     fractions = [float(f) for f in fractions]
     if len(fractions) < 2:
         raise ValueError(f"data.split.fractions needs at least 2 parts (train, val[, held out...]), got {fractions}")
-    object_parts = split_by_image(one_per_image(objects.refs, min_size), fractions, seed)
+    if per_image not in PER_IMAGE:
+        raise ValueError(f"data.objects.per_image={per_image!r}: choose one of {PER_IMAGE}")
+    refs = one_per_image(objects.refs, min_size) if per_image == "largest" else [
+        r for r in objects.refs if _side(r) >= min_size]
+    object_parts = stable_split(refs, objects.refs, fractions, seed)
     keys = list(backgrounds.keys)
     background_parts = split_by_image(list(range(len(keys))), fractions, seed, key=keys.__getitem__)
     return ([ObjectSubset(objects, tuple(p)) for p in object_parts],
@@ -263,7 +304,9 @@ class SyntheticPairs(PastedItems, Dataset[dict[str, torch.Tensor]]):
 
         {"query": 3 x Sq x Sq float32 in [0, 1], "gallery": 3 x Sg x Sg float32 in [0, 1],
          "box": float32 [x1, y1, x2, y2] of the pasted object in gallery pixels (x2, y2 exclusive),
-         "object": int64 position of the object in ``objects.refs``}
+         "object": int64 position of the object in ``objects.refs``,
+         "shuffled": (with ``shuffled=True``) the gallery cut in 10 x 10 patches and shuffled: a hard negative
+                     with the gallery's pixels and none of its structure}
 
     Two items of one object are not negatives of each other: the model must use ``object``.
 
@@ -277,12 +320,13 @@ class SyntheticPairs(PastedItems, Dataset[dict[str, torch.Tensor]]):
         resample: fresh galleries each epoch; ``False`` uses ``default_rng([seed, i])`` whatever the epoch.
         cache_size: decoded objects (instance and query) kept per process.
         split: how these objects and backgrounds were chosen (fractions, seed, part), for ``describe``.
+        shuffled: also give a patch-shuffled copy of each gallery (``"shuffled"``).
     """
 
     def __init__(self, objects: ObjectSource, backgrounds: BackgroundSource, syntheses: int = 4,
                  gallery_size: int = 448, query_size: int = 224,
                  paste: PasteParams | Mapping[str, Any] | str | None = None, seed: int = 0, resample: bool = True,
-                 cache_size: int = 64, split: Mapping[str, Any] | None = None) -> None:
+                 cache_size: int = 64, split: Mapping[str, Any] | None = None, shuffled: bool = False) -> None:
         if syntheses < 1 or gallery_size < 8 or query_size < 8 or cache_size < 0:
             raise ValueError(f"need syntheses >= 1, gallery_size and query_size >= 8 and cache_size >= 0, got "
                              f"syntheses={syntheses}, gallery_size={gallery_size}, query_size={query_size}, "
@@ -290,6 +334,7 @@ class SyntheticPairs(PastedItems, Dataset[dict[str, torch.Tensor]]):
         self._init_items(objects, backgrounds, syntheses, seed, resample, cache_size, split)
         self.gallery_size, self.query_size = int(gallery_size), int(query_size)
         self.paste_params = paste_params(paste)
+        self.shuffled = bool(shuffled)
 
     def _object(self, k: int) -> tuple[ObjectInstance, np.ndarray]:
         """(instance, query pixels) of object ``k``, from the per-process LRU cache."""
@@ -342,16 +387,48 @@ class SyntheticPairs(PastedItems, Dataset[dict[str, torch.Tensor]]):
         else:
             raise DataError(f"pasting object {self.refs[k].ann_id} left nothing visible {MAX_PASTE_TRIES} times",
                             self.refs[k].source, "lower data.paste.truncation_prob or raise data.paste.visible")
-        return {"query": to_tensor(Image.fromarray(query)), "gallery": to_tensor(Image.fromarray(gallery)),
+        item = {"query": to_tensor(Image.fromarray(query)), "gallery": to_tensor(Image.fromarray(gallery)),
                 "box": torch.tensor(box, dtype=torch.float32), "object": torch.tensor(k, dtype=torch.int64)}
+        if self.shuffled:
+            item["shuffled"] = to_tensor(Image.fromarray(shuffle_patches(gallery, SHUFFLE_GRID, rng)))
+        return item
+
+    def pool_key(self) -> dict[str, Any]:
+        """What the items are, for the feature store's key: the settings, which instances, and every source by
+        content (a changed image, annotation or background changes the key)."""
+        sources = content_of_files("pairs pool", [], self.content_sources())
+        return {"items": "synthetic-pairs-v1", **self.describe(), "instances": [r.ann_id for r in self.refs],
+                "content": sources.digest}
 
     def describe(self) -> dict[str, Any]:
         """Sources, counts, split and synthesis settings."""
         return {"objects": self.objects.describe(), "backgrounds": self.backgrounds.describe(),
                 "n_objects": len(self.refs), "n_backgrounds": self.n_backgrounds, "syntheses": self.syntheses,
                 "n_pairs": len(self), "gallery_size": self.gallery_size, "query_size": self.query_size,
-                "seed": self.seed, "resample": self.resample, "split": dict(self.split),
+                "seed": self.seed, "resample": self.resample, "split": dict(self.split), "shuffled": self.shuffled,
                 "paste": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.paste_params).items()}}
+
+
+def _as_tensors(item: dict[str, Any], rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.array(v)) for k, v in item.items()}
+
+
+def cached_pairs(pairs: SyntheticPairs, encoder: FrozenEncoder, store: Mapping[str, Any], name: str,
+                 random: bool = False) -> CachedItems:
+    """The fixed pool of ``pairs`` with its query, gallery (and shuffled) images replaced by frozen maps, computed
+    once into ``store["dir"]`` (see :mod:`.features`); items also carry ``gallery_hw``, the gallery's pixel size."""
+    if pairs.resample:
+        raise ValueError("cached pairs need a fixed pool: build the SyntheticPairs with resample=False")
+    maps = tuple(m for m in PAIR_MAPS if m != "shuffled" or pairs.shuffled)
+    fs = FeatureStore(store["dir"], {"pool": pairs.pool_key(), "encoder": encoder.key()}, len(pairs), maps,
+                      int(store["chunk_size"]), str(store["dtype"]))
+    def item(i: int) -> dict[str, Any]:  # + the gallery's pixel size, which its map no longer tells
+        return {**pairs[i], "gallery_hw": np.array([pairs.gallery_size] * 2, np.int64)}
+
+    fill_store(fs, item, encoder, f"frozen maps of the {name}")
+    out = CachedItems(fs, _as_tensors, pairs.seed, random, describe=pairs.describe())
+    out.source = pairs  # what the items are made of (``content``), and the pixels for pictures
+    return out
 
 
 # -------------------------------------------------------------------------------------------- datamodule
@@ -412,6 +489,11 @@ class SyntheticPairsDataModule(SeededSplitLoaders, pl.LightningDataModule):
         seed: shuffle, subset and synthesis seed.
         resample: fresh training galleries every epoch; validation galleries never change.
         limit_train, limit_val: keep a seeded random subset of N objects (quick runs); ``None`` keeps all.
+        shuffled: every item also carries a patch-shuffled copy of its gallery (a hard negative).
+        features: ``online`` (images; the model runs its frozen backbone in every step) or ``cached`` (the
+            frozen maps of a fixed pool, ``syntheses`` galleries per object, computed once into
+            ``feature_store.dir`` and read back: the items carry maps instead of images, see ``data.features``).
+        feature_store: ``{dir, dtype: float16|float32, chunk_size}`` of the cached maps.
 
     Sharding under DDP is done by ``SeededShuffleSampler`` (the trainer runs with
     ``use_distributed_sampler=False``); the training loader drops the last incomplete batch.
@@ -421,9 +503,20 @@ class SyntheticPairsDataModule(SeededSplitLoaders, pl.LightningDataModule):
                  split: Mapping[str, Any] | None = None, syntheses: int = 4, gallery_size: int = 448,
                  query_size: int = 224, paste: Mapping[str, Any] | None = None, batch_size: int = 8,
                  num_workers: int = 0, seed: int = 0, resample: bool = True, limit_train: int | None = None,
-                 limit_val: int | None = None) -> None:
+                 limit_val: int | None = None, shuffled: bool = False, features: str = "online",
+                 feature_store: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.features = check_mode(features)
+        self.store_opts = _options("feature_store", feature_store, STORE_DEFAULTS)
+        if self.features == "cached" and not self.store_opts["dir"]:
+            raise DataError("data.features=cached needs a folder for the maps", None,
+                            "set data.feature_store.dir (e.g. ${paths.cache_dir}/features)")
+        if self.features == "cached" and resample:
+            log.info("data.features=cached: the training pool is fixed (%d galleries per object), not resampled "
+                     "every epoch", syntheses)
+            resample = False
+        self.shuffled = bool(shuffled)
         self.objects_spec = _options("objects", objects, OBJECTS_DEFAULTS)
         self.backgrounds_spec = _options("backgrounds", backgrounds, BACKGROUNDS_DEFAULTS)
         if self.objects_spec["kind"] not in OBJECT_KINDS:
@@ -458,7 +551,9 @@ class SyntheticPairsDataModule(SeededSplitLoaders, pl.LightningDataModule):
         if self.train_set is not None:
             return
         objects, backgrounds = make_objects(self.objects_spec), make_backgrounds(self.backgrounds_spec)
-        object_parts, background_parts = split_sources(objects, backgrounds, self.fractions, self.split_seed)
+        object_parts, background_parts = split_sources(objects, backgrounds, self.fractions, self.split_seed,
+                                                       int(self.objects_spec["min_size"]),
+                                                       str(self.objects_spec["per_image"]))
         for part, name in ((TRAIN_PART, "training"), (VAL_PART, "validation")):
             for noun, count, spec in (("objects", len(object_parts[part].refs), self.objects_spec),
                                       ("backgrounds", len(background_parts[part]), self.backgrounds_spec)):
@@ -469,7 +564,7 @@ class SyntheticPairsDataModule(SeededSplitLoaders, pl.LightningDataModule):
                         f"add {noun} (more source images, or a larger data.{noun}.n) or give part {part} a larger "
                         "fraction in data.split.fractions")
         common = {"syntheses": self.syntheses, "gallery_size": self.gallery_size, "query_size": self.query_size,
-                  "paste": self.paste_params, "seed": self.seed}
+                  "paste": self.paste_params, "seed": self.seed, "shuffled": self.shuffled}
         sets = []
         for part, limit, resample in ((TRAIN_PART, self.limit_train, self.resample), (VAL_PART, self.limit_val, False)):
             refs = limit_samples(object_parts[part].refs, limit, self.seed)
@@ -481,15 +576,19 @@ class SyntheticPairsDataModule(SeededSplitLoaders, pl.LightningDataModule):
             raise DataError(f"{len(train)} training pairs make no full batch of {self.batch_size} (the last "
                             "incomplete batch is dropped)", self._where(self.objects_spec, "objects"),
                             "lower data.batch_size, raise data.syntheses or data.limit_train, or add objects")
-        self.train_set, self.val_set = train, val
         log.info("synthetic pairs: %d training objects x %d syntheses, %d backgrounds; %d val objects, %d backgrounds",
                  len(train.refs), self.syntheses, train.n_backgrounds, len(val.refs), val.n_backgrounds)
+        if self.features == "cached":
+            train, val = (cached_pairs(ds, model_encoder(self), self.store_opts, name, random=False)
+                          for ds, name in ((train, "training pairs"), (val, "validation pairs")))
+        self.train_set, self.val_set = train, val
 
 
     def describe(self) -> dict[str, Any]:
         """What is being trained on, for the logger."""
         train, val = self._ready()
         return {"train": train.describe(), "val": val.describe(), "batch_size": self.batch_size,
+                "features": self.features,
                 "split": {"fractions": self.fractions, "seed": self.split_seed},
                 "limit_train": self.limit_train, "limit_val": self.limit_val}
 

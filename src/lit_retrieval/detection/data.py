@@ -676,7 +676,9 @@ class BoxesDataModule(SeededSplitLoaders, pl.LightningDataModule):
 
     def _synthetic_sources(self) -> tuple[SyntheticBoxes, SyntheticBoxes]:
         objects, backgrounds = make_objects(self.objects_spec), make_backgrounds(self.backgrounds_spec)
-        object_parts, background_parts = split_sources(objects, backgrounds, self.fractions, self.split_seed)
+        object_parts, background_parts = split_sources(objects, backgrounds, self.fractions, self.split_seed,
+                                                       int(self.objects_spec["min_size"]),
+                                                       str(self.objects_spec["per_image"]))
         for part in (TRAIN_PART, VAL_PART):
             counts = {"objects": len(object_parts[part].refs), "backgrounds": len(background_parts[part])}
             for noun, count in counts.items():

@@ -38,3 +38,9 @@ class RegionalAttention(nn.Module):
 
     def forward(self, k: Tensor) -> Tensor:
         return F.softplus(self.score(self.act(self.reduce(k)))).squeeze(-1)
+
+
+def weight_contrast(w: Tensor) -> Tensor:
+    """Within-image contrast of region weights ``N×R``: the coefficient of variation (std / mean over the regions)
+    of each image, ``N``. 0 is uniform weighting (``Φ ≡ 1``); it is what training must move away from."""
+    return w.std(dim=1, unbiased=False) / w.mean(dim=1).clamp_min(1e-12)

@@ -71,6 +71,12 @@ class RegionalAttentionNet(nn.Module):
     def learned_content(self) -> dict[str, ContentSet]:
         return dict(self.content)
 
+    @property
+    def takes_maps(self) -> bool:
+        """Whether the descriptor of a frozen map equals that of its image: the R-MAC grid is a function of the map
+        alone (Kim & Yoon's pixel grid also needs the image's exact size)."""
+        return self.grid == "rmac"
+
     # -- configuration --------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Everything besides the tensors needed to rebuild the module (stored in checkpoints)."""
@@ -118,13 +124,24 @@ class RegionalAttentionNet(nn.Module):
         return {"method": "regional_attention", **self.config(), "learned": self.digest()}
 
     # -- maths ----------------------------------------------------------------------------------------
+    def frozen_maps(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The frozen backbone's maps and the input's size: of normalised images ``N×3×H×W`` (run under
+        ``no_grad``), or cached maps ``N×C×h×w`` as they are (``data.features=cached``; the input is taken to be
+        ``h·stride × w·stride``, exact for stride-aligned crops)."""
+        C, stride = self.backbone.out_channels, self.backbone.stride
+        if x.shape[1] == 3:
+            with torch.no_grad():
+                return self.backbone(x), tuple(x.shape[-2:])
+        if x.shape[1] != C:
+            raise ValueError(f"expected images (3 channels) or this backbone's maps ({C} channels), got {tuple(x.shape)}"
+                             ": cached maps of another backbone? Fix: rebuild the feature store for this backbone")
+        return x.float(), (x.shape[-2] * stride, x.shape[-1] * stride)
+
     def pool_regions(self, x: Tensor, S: int, attention: bool = True) -> dict[str, Any]:
-        """Normalised images -> frozen map, boxes ``[y0, x0, h, w]``, levels, ``M(R)`` and (for the attention)
-        ``k = J(R)`` and ``J(V_I)``."""
-        with torch.no_grad():
-            fmap = self.backbone(x)
-        boxes, levels = sample_regions(self.grid, tuple(x.shape[-2:]), tuple(fmap.shape[-2:]),
-                                       self.backbone.stride, int(S))
+        """Normalised images (or cached maps, :meth:`frozen_maps`) -> frozen map, boxes ``[y0, x0, h, w]``,
+        levels, ``M(R)`` and (for the attention) ``k = J(R)`` and ``J(V_I)``."""
+        fmap, image_hw = self.frozen_maps(x)
+        boxes, levels = sample_regions(self.grid, image_hw, tuple(fmap.shape[-2:]), self.backbone.stride, int(S))
         out = {"fmap": fmap, "boxes": boxes, "levels": levels, "max": region_max(fmap, boxes)}
         if attention:
             out["mean"] = region_mean(fmap, boxes)
@@ -139,10 +156,21 @@ class RegionalAttentionNet(nn.Module):
         total = (w.unsqueeze(-1) * vectors).sum(dim=1)
         return total / vectors.shape[1] if self.aggregate == "mean" else total
 
-    def classify(self, x: Tensor) -> Tensor:
-        """Eq. 4: normalised images -> ImageNet logits through the frozen classifier (training scale S)."""
-        pooled = self.pool_regions(x, self.train_scales)
-        return self.backbone.head(self._aggregate(self.weights(pooled), pooled["max"]))
+    def attend(self, x: Tensor, S: int) -> tuple[dict[str, Any], Tensor]:
+        """Pooled regions at scale ``S`` and their weights ``Φ`` (``N×R``)."""
+        pooled = self.pool_regions(x, S)
+        return pooled, self.weights(pooled)
+
+    def classify(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Eq. 4: normalised images (or cached maps) -> ImageNet logits through the frozen classifier (training
+        scale S); with ``return_weights`` also ``Φ``."""
+        pooled, w = self.attend(x, self.train_scales)
+        logits = self.backbone.head(self._aggregate(w, pooled["max"]))
+        return (logits, w) if return_weights else logits
+
+    def descriptor(self, pooled: dict[str, Any], w: Tensor) -> Tensor:
+        """Eq. 3 from pooled regions and their weights: ``L2(Σ_R Φ·P(M(R)) / |Ω|)``."""
+        return l2n(self._aggregate(w, self.post_process(pooled["max"])))
 
     def post_process(self, regional_max: Tensor) -> Tensor:
         """``P``: L2 -> PCA-whitening (when learned) -> L2 of regional vectors ``...×C -> ...×D`` (``pca_input=raw``:
@@ -159,10 +187,11 @@ class RegionalAttentionNet(nn.Module):
         return l2n(v) if self.pca_input == "l2" else v
 
     def forward(self, x: Tensor, S: int | None = None, uniform: bool = False) -> Tensor:
-        """Eq. 3: normalised images -> ``N×D`` L2 descriptors at the test scale (``uniform``: ``Φ ≡ 1``)."""
+        """Eq. 3: normalised images (or cached maps) -> ``N×D`` L2 descriptors at the test scale (``uniform``:
+        ``Φ ≡ 1``)."""
         pooled = self.pool_regions(x, S or self.scales, attention=not uniform)
         w = torch.ones(pooled["max"].shape[:2], device=x.device) if uniform else self.weights(pooled)
-        return l2n(self._aggregate(w, self.post_process(pooled["max"])))
+        return self.descriptor(pooled, w)
 
     def describe(self, images: Tensor, S: int | None = None) -> Tensor:
         """``[0, 1]`` RGB images -> ``N×D`` descriptors."""
@@ -186,6 +215,10 @@ class UniformRegions(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x, uniform=True)
+
+    @property
+    def takes_maps(self) -> bool:
+        return self.net.takes_maps
 
     def learned_content(self) -> dict[str, ContentSet]:
         """Φ ≡ 1 learns nothing itself: only the regional whitening's set."""

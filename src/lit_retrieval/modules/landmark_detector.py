@@ -136,7 +136,7 @@ class LandmarkDetectorModule(pl.LightningModule):
     def retrieval_rankers(self) -> dict[str, Any]:
         if not hasattr(self, "_ranker"):
             from ..d2r.pipeline import D2RRanker, Settings
-            from ..evaluate import weights_identity
+            from ..backbones.weights import weights_identity
 
             key = {"backbone": self.backbone.name,
                    "weights": weights_identity(str(self.hparams.backbone.get("weights", "imagenet")), 0)}

@@ -20,6 +20,8 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from ..backbones import Backbone, build_backbone
+from ..backbones.weights import weights_identity
+from ..data.features import FrozenEncoder
 from ..localsim.pipeline import Settings, describe, score
 from ..localsim.pq import GridQuantizer
 from ..models.local_similarity import (CKPT_KEY, LocalSimilarityNet, decode_boxes, encode_boxes,
@@ -93,25 +95,49 @@ class LocalSimilarityModule(FrozenBackboneCheckpoint, pl.LightningModule):
         return self.net.backbone
 
     # -- training -------------------------------------------------------------------------------------
-    def grids(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Query and gallery grids of a batch (the backbone runs without gradient unless layers are fine-tuned)."""
+    def frozen_encoder(self) -> FrozenEncoder:
+        """The frozen backbone as the training feature store sees it (``data.features=cached``)."""
+        if self.net.finetune_layers:
+            raise ValueError(f"data.features=cached caches a frozen backbone, but model.finetune_layers="
+                             f"{self.net.finetune_layers} trains its last layers. Fix: data.features=online, or "
+                             "model.finetune_layers=0")
+        b = self.hparams.backbone
+        return FrozenEncoder(self.backbone, {"backbone": b["name"], "stride": self.backbone.stride,
+                                             "weights": weights_identity(str(b.get("weights", "imagenet")), 0)})
+
+    def maps(self, x: Tensor) -> Tensor:
+        """The backbone's maps of ``[0, 1]`` images (without gradient unless layers are fine-tuned), or cached maps
+        (``data.features=cached``) as they are."""
+        if x.shape[1] != 3:
+            if x.shape[1] != self.backbone.out_channels:
+                raise ValueError(f"expected images (3 channels) or this backbone's maps ({self.backbone.out_channels}"
+                                 f" channels), got {tuple(x.shape)}: rebuild the feature store for this backbone")
+            return x.float()
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.net.finetune_layers > 0):
-            fq = self.net.grid(self.backbone(self.backbone.normalize(batch["query"])), "query")
-            fg = self.net.grid(self.backbone(self.backbone.normalize(batch["gallery"])), "db")
+            return self.backbone(self.backbone.normalize(x))
+
+    def grids(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Query and gallery grids of a batch (images or cached maps)."""
+        fq = self.net.grid(self.maps(batch["query"]), "query")
+        fg = self.net.grid(self.maps(batch["gallery"]), "db")
         if self.quantizer is not None:
             fg = self.quantizer.roundtrip(fg)
         return fq, fg
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         fq, fg = self.grids(batch)
-        logits_all, codes_all = self.net.score_all(fq, fg)  # N×N pairs: query i, gallery j
+        with torch.no_grad():  # every pair scored to find the hard negatives; only the kept pairs are trained
+            logits_all, codes_all = self.net.score_all(fq, fg)  # N×N pairs: query i, gallery j
         margin = logits_all[..., 1] - logits_all[..., 0]
         objects = batch["object"]
         qi, gi, labels = hard_pair_batch(margin, self.hparams.n_hard, objects)
-        hw = torch.tensor(batch["gallery"].shape[-2:], device=fg.device).expand(len(gi), 2)
+        logits, codes = self.net(fq[qi], fg[gi])  # the kept pairs again, with gradient (same values)
+        if "gallery_hw" in batch:  # cached maps: the gallery's size in pixels comes with them
+            hw = batch["gallery_hw"][gi].to(fg.device)
+        else:
+            hw = torch.tensor(batch["gallery"].shape[-2:], device=fg.device).expand(len(gi), 2)
         targets = encode_boxes(batch["box"][gi].float(), hw)
-        loss, cls, loc = local_similarity_loss(logits_all[qi, gi], codes_all[qi, gi], labels, targets,
-                                               float(self.hparams.lam))
+        loss, cls, loc = local_similarity_loss(logits, codes, labels, targets, float(self.hparams.lam))
         same = objects[:, None] == objects[None, :]
         acc = ((margin > 0) == same).float().mean()
         n = len(objects)
@@ -147,7 +173,7 @@ class LocalSimilarityModule(FrozenBackboneCheckpoint, pl.LightningModule):
             for i, batch in enumerate(loader):
                 if i >= int(q.get("batches", 16)):
                     break
-                fg = self.net.grid(self.backbone(self.backbone.normalize(batch["gallery"].to(self.device))), "db")
+                fg = self.net.grid(self.maps(batch["gallery"].to(self.device)), "db")
                 vecs.append(fg.permute(0, 2, 3, 1).reshape(-1, fg.shape[1]).cpu().numpy())
         self.quantizer = GridQuantizer.learn(np.concatenate(vecs), int(q["M"]), int(q.get("nbits", 8)))
         log.info("training on product-quantized gallery grids: M = %d, %d bytes per location (learned on %d "
@@ -156,8 +182,6 @@ class LocalSimilarityModule(FrozenBackboneCheckpoint, pl.LightningModule):
     # -- retrieval (used by the RetrievalEvaluation callback) ------------------------------------------
     def retrieval_rankers(self) -> dict[str, LocalSimilarityRanker]:
         if not hasattr(self, "_ranker"):
-            from ..evaluate import weights_identity
-
             key = {"backbone": self.backbone.name,
                    "weights": weights_identity(str(self.hparams.backbone.get("weights", "imagenet")), 0)}
             self._ranker = LocalSimilarityRanker(self.net, self.settings, key)
