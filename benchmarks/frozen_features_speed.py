@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=16, help="pairs per retrieval batch (the shared experiment's)")
     ap.add_argument("--crops", type=int, default=8, help="crops per classification batch (the shared experiment's)")
-    ap.add_argument("--ls-pairs", type=int, default=8, help="pairs per local-similarity batch (the shared experiment's)")
+    ap.add_argument("--ls-pairs", type=int, default=8,
+                    help="pairs per local-similarity batch (the shared experiment's)")
     ap.add_argument("--pool", type=int, default=16, help="items of the pool whose store size is measured")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)

@@ -25,8 +25,8 @@ Under DDP every rank extracts its share of the images (``rank::world_size``); th
 on all ranks before the search, so each rank computes the same metrics.
 
 Methods that take the frozen backbone's maps as input (``takes_maps`` true, e.g. regional attention on the R-MAC
-grid and its ``Φ ≡ 1`` reference) on a module with a frozen backbone (``frozen_encoder()``) read the benchmark images' maps
-from memory after the first evaluation (up to ``frozen_maps_mb`` MB): later evaluations run only the
+grid and its ``Φ ≡ 1`` reference) on a module with a frozen backbone (``frozen_encoder()``) read the benchmark
+images' maps from memory after the first evaluation (up to ``frozen_maps_mb`` MB): later evaluations run only the
 trained part, as training itself does with ``data.features=cached``.
 """
 from __future__ import annotations

@@ -133,8 +133,9 @@ class RegionalAttentionNet(nn.Module):
             with torch.no_grad():
                 return self.backbone(x), tuple(x.shape[-2:])
         if x.shape[1] != C:
-            raise ValueError(f"expected images (3 channels) or this backbone's maps ({C} channels), got {tuple(x.shape)}"
-                             ": cached maps of another backbone? Fix: rebuild the feature store for this backbone")
+            raise ValueError(f"expected images (3 channels) or this backbone's maps ({C} channels), got "
+                             f"{tuple(x.shape)}: cached maps of another backbone? Fix: rebuild the feature store for "
+                             "this backbone")
         return x.float(), (x.shape[-2] * stride, x.shape[-1] * stride)
 
     def pool_regions(self, x: Tensor, S: int, attention: bool = True) -> dict[str, Any]:

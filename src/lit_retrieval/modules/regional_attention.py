@@ -114,8 +114,9 @@ class RegionalAttentionModule(FrozenBackboneCheckpoint, pl.LightningModule):
     def _step(self, batch: Any, stage: str) -> Tensor:
         retrieval = isinstance(batch, dict)
         if retrieval != (self.hparams.loss == "retrieval"):
-            raise ValueError(f"model.loss={self.hparams.loss} got {'query/gallery pairs' if retrieval else 'labelled images'}"
-                             ": use data=synthetic_pairs with model.loss=retrieval, an ImageNet-labelled data source "
+            got = "query/gallery pairs" if retrieval else "labelled images"
+            raise ValueError(f"model.loss={self.hparams.loss} got {got}: use data=synthetic_pairs with "
+                             "model.loss=retrieval, an ImageNet-labelled data source "
                              "(data=imagenet|imagenet_samples|embedded) with model.loss=classification")
         loss, wrong, w, extra = (self._retrieval if retrieval else self._classification)(batch)
         n = len(wrong)
