@@ -221,3 +221,42 @@ def test_cached_and_online_local_similarity_steps_give_the_same_loss(tmp_path):
     module.net.finetune_layers = 1
     with pytest.raises(ValueError, match="finetune_layers"):
         module.frozen_encoder()
+
+
+def test_bad_objective_options_and_mismatched_data_are_clear_errors(module):
+    from lit_retrieval.modules import RegionalAttentionModule
+
+    common = dict(backbone={"name": "efficientnet_lite0", "weights": "imagenet"},
+                  optimizer={"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
+                  scheduler={"factor": 0.1, "patience": 1, "min_lr": 1e-4}, whitening={"kind": "none"})
+    with pytest.raises(ValueError, match="model.loss='ranking'"):
+        RegionalAttentionModule(**common, loss="ranking")
+    with pytest.raises(ValueError, match="unknown model.retrieval keys"):
+        RegionalAttentionModule(**common, loss="retrieval", retrieval={"margin": 0.1})
+    with pytest.raises(ValueError, match="model.optimizer.name"):
+        RegionalAttentionModule(**{**common, "optimizer": {**common["optimizer"], "name": "lbfgs"}})
+    with pytest.raises(ValueError, match="data=synthetic_pairs with model.loss=retrieval"):
+        module._step((torch.rand(2, 3, 64, 64), torch.tensor([1, 2])), "train")  # labelled images, loss=retrieval
+
+
+def test_cached_classification_needs_a_stride_multiple_crop_and_a_frozen_model(tmp_path, module):
+    from types import SimpleNamespace
+
+    from lit_retrieval.data.classification import ClassificationDataModule
+    from lit_retrieval.data.features import model_encoder
+
+    dm = ClassificationDataModule(kind="embedded", cache_dir=str(tmp_path), crop=48, min_side=64, jitter=0,
+                                  embedded={"n_classes": 2, "n_train": 2, "n_val": 1}, features="cached",
+                                  feature_store={"dir": str(tmp_path / "features")})
+    dm.trainer = SimpleNamespace(lightning_module=module)
+    with pytest.raises(ValueError, match="multiple of the backbone's stride 32"):
+        dm.setup()
+    with pytest.raises(ValueError, match="data.features=online"):
+        model_encoder(SimpleNamespace(trainer=SimpleNamespace(lightning_module=torch.nn.Linear(1, 1))))
+
+
+def test_unknown_per_image_choice_is_an_error():
+    from lit_retrieval.data.pairs import make_backgrounds, make_objects, split_sources
+
+    with pytest.raises(ValueError, match="per_image"):
+        split_sources(make_objects({"n": 4}), make_backgrounds({"n": 4}), per_image="smallest")

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_json, make_temp_dir
 from .errors import DataError
-from .features import CachedItems, FeatureStore, check_mode, fill_store, model_encoder
+from .features import STORE_DEFAULTS, CachedItems, FeatureStore, check_mode, fill_store, model_encoder
 from .images import load_image, to_tensor
 from .provenance import ContentSet, content_of_files
 from .synthetic.benchmark import split_by_image
@@ -444,7 +444,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.features = check_mode(features)
-        self.store_opts = {"dir": None, "dtype": "float16", "chunk_size": 32, **dict(feature_store or {})}
+        unknown = set(feature_store or {}) - set(STORE_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown data.feature_store keys {sorted(unknown)}; known: {sorted(STORE_DEFAULTS)}")
+        self.store_opts = {**STORE_DEFAULTS, **dict(feature_store or {})}
         if self.features == "cached" and not self.store_opts["dir"]:
             raise DataError("data.features=cached needs a folder for the maps", None,
                             "set data.feature_store.dir (e.g. ${paths.cache_dir}/features)")

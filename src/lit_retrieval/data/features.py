@@ -45,6 +45,8 @@ FEATURE_MODES = ("online", "cached")
 STORE_DTYPES = ("float16", "float32")
 FORMAT_VERSION = 1
 F16_MAX = float(np.finfo(np.float16).max)
+#: ``data.feature_store``: where and how ``data.features=cached`` keeps the frozen maps
+STORE_DEFAULTS: dict[str, Any] = {"dir": None, "dtype": "float16", "chunk_size": 32}
 Item = dict[str, Any]
 
 
@@ -283,5 +285,5 @@ def model_encoder(datamodule: Any) -> FrozenEncoder:
     return make()
 
 
-__all__ = ["FEATURE_MODES", "STORE_DTYPES", "CachedItems", "FeatureStore", "FrozenEncoder", "check_mode",
+__all__ = ["FEATURE_MODES", "STORE_DEFAULTS", "STORE_DTYPES", "CachedItems", "FeatureStore", "FrozenEncoder", "check_mode",
            "fill_store", "model_encoder"]

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .classification import SeededShuffleSampler, limit_samples
 from .errors import DataError
-from .features import CachedItems, FeatureStore, FrozenEncoder, check_mode, fill_store, model_encoder
+from .features import (STORE_DEFAULTS, CachedItems, FeatureStore, FrozenEncoder, check_mode, fill_store,
+                       model_encoder)
 from .images import to_tensor
 from .provenance import ContentSet, content_of_files
 from .synthetic.backgrounds import BackgroundSource, ImageFolderBackgrounds
@@ -63,8 +64,6 @@ GALLERY_JITTER = 1.25  # the gallery's short side is resized to a random value i
 MAX_PASTE_TRIES = 10
 SHUFFLE_GRID = 10  # patches per side of the shuffled hard negatives (the OxfShf construction)
 TRAIN_PART, VAL_PART = 0, 1
-#: ``data.feature_store``: where and how ``data.features=cached`` keeps the frozen maps
-STORE_DEFAULTS: dict[str, Any] = {"dir": None, "dtype": "float16", "chunk_size": 32}
 PAIR_MAPS = ("query", "gallery", "shuffled")
 _FIX_COCO = ("point data.objects.dir at a COCO folder (annotations/instances.json + images/), e.g. "
              "data.objects.dir=${paths.shared_dir}/coco128, or use data.objects.kind=procedural")
