@@ -74,6 +74,10 @@ def test_whole_image_always_region_zero(setup):
     assert [len(b) for b in enc.boxes] == [2] * 5 and np.allclose(enc.scores[0], [0.9, 0.6])
     assert all(len(items) == 3 for items in enc.items["asmk_star/search_max"])
     assert all(len(items) == 1 for items in enc.items["asmk_star/r_asmk"])  # aggregation: one item per image
+    enc, regions = _encode(setup, det, Settings(K=16, dim=8, threshold=0.1, max_boxes=1))
+    assert [len(r) for r in regions] == [2] * 5 and np.allclose(enc.scores[0], [0.9])  # the best box only
+    with pytest.raises(ValueError, match="max_boxes=-1"):
+        Settings(max_boxes=-1)
 
 
 def test_whole_image_memo_changes_nothing(setup):

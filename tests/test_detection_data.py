@@ -281,7 +281,8 @@ def test_hydra_config(tmp_path: Path) -> None:
     cfg = OmegaConf.load(CONF / "data" / "synthetic_boxes.yaml")
     params = set(inspect.signature(BoxesDataModule.__init__).parameters) - {"self"}
     assert set(cfg) - {"_target_"} == params and set(cfg.source) == set(data.SOURCE_DEFAULTS)
-    root = OmegaConf.create({"seed": 5, "paths": {"shared_dir": str(tmp_path)}, "data": cfg})
+    paths = {"shared_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache")}
+    root = OmegaConf.create({"seed": 5, "paths": paths, "data": cfg})
     dm = instantiate(root.data, limit_train=3, limit_val=2, image_size=64)
     assert dm.seed == 5 and dm.kind == "synthetic" and dm.batch_size == 4 and dm.syntheses == 4
     assert dm.paste_params.scale == (0.25, 0.8) and dm.hflip_prob == 0.5

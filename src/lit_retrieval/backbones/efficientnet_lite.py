@@ -64,6 +64,23 @@ class EfficientNetLite0(Backbone):
     def _features(self, x: Tensor) -> Tensor:
         return self.net.forward_features(x)
 
+    #: the stages whose outputs :meth:`pyramid` returns besides the final map: strides 8 (40 ch) and 16 (112 ch)
+    PYRAMID = {"c3": (2, 40, 8), "c4": (4, 112, 16)}
+
+    def pyramid(self, x: Tensor) -> dict[str, Tensor]:
+        """Normalised images -> ``{"c3": stride 8, "c4": stride 16, "c5": the final map (stride 32, 1280 ch)}``:
+        the levels a feature pyramid is built on (the same layers as :meth:`forward`, read on the way)."""
+        self._check_images(x, "pyramid")
+        n, out = self.net, {}
+        at = {i: name for name, (i, _c, _s) in self.PYRAMID.items()}
+        x = n.bn1(n.conv_stem(x))
+        for i, block in enumerate(n.blocks):
+            x = block(x)
+            if i in at:
+                out[at[i]] = x
+        out["c5"] = n.bn2(n.conv_head(x))
+        return out
+
     def _head(self, pooled: Tensor) -> Tensor:
         return self.net.classifier(pooled)
 

@@ -50,6 +50,7 @@ class Settings:
     aggregation: str = "r_asmk"          # none | search_max | search_avg | r_vlad | naive_r_asmk | r_asmk
     boxes: str = "detector"              # detector | rmac | none (region selection besides the whole image)
     threshold: float = 0.1               # detection score threshold
+    max_boxes: int | None = None         # at most this many detector boxes per image, by score (None: all)
     rmac_levels: int = 2                 # R-MAC boxes: grid levels 1..L
     normalize: str = "paper"             # paper | delf | gamma (where γ of eq. 1 applies, database.uses_gamma)
     scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
@@ -76,6 +77,8 @@ class Settings:
             bad.append(f"boxes={self.boxes!r} (one of {BOX_SOURCES})")
         if not 0.0 <= self.threshold <= 1.0:
             bad.append(f"threshold={self.threshold} (a detection score in [0, 1])")
+        if self.max_boxes is not None and self.max_boxes < 0:
+            bad.append(f"max_boxes={self.max_boxes} (>= 0, or null for every box above the threshold)")
         if self.rmac_levels < 1:
             bad.append(f"rmac_levels={self.rmac_levels} (>= 1)")
         if min(self.K, self.dim, self.niter, self.max_features, self.codebook_images, self.codebook_per_image) < 1:
@@ -188,7 +191,8 @@ def image_boxes(image: torch.Tensor, s: Settings, detector: torch.nn.Module | No
     from ..detection.models import detect
 
     boxes, scores = detect(detector, [image])[0]
-    return select_boxes(boxes.cpu().numpy(), scores.cpu().numpy(), s.threshold if threshold is None else threshold)
+    return select_boxes(boxes.cpu().numpy(), scores.cpu().numpy(), s.threshold if threshold is None else threshold,
+                        s.max_boxes)
 
 
 # ------------------------------------------------------------------------------------------------ encoding
@@ -294,6 +298,7 @@ def settings_from_eval(cfg: Any) -> Settings:
     cb, feats = m.codebook, m.features
     return Settings(kernel=str(cfg.kernel), aggregation=str(cfg.aggregation), boxes=str(m.boxes),
                     threshold=float(cfg.detector.threshold), rmac_levels=int(m.rmac_levels),
+                    max_boxes=None if cfg.detector.get("max_boxes") is None else int(cfg.detector.max_boxes),
                     normalize=m.normalize, scales=tuple(float(v) for v in feats.scales),
                     max_features=int(feats.max_features), K=int(cb.K), dim=int(cb.dim), niter=int(cb.niter),
                     codebook_dir=None if cb.dir is None else str(cb.dir), codebook_images=int(cb.n_images),

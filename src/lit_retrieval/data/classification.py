@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_json, make_temp_dir
 from .errors import DataError
-from .features import STORE_DEFAULTS, CachedItems, FeatureStore, check_mode, fill_store, model_encoder
+from .features import CachedItems, FeatureStore, feature_options, fill_store, model_encoder
 from .images import load_image, to_tensor
 from .provenance import ContentSet, content_of_files
 from .synthetic.benchmark import split_by_image
@@ -443,14 +443,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                  feature_store: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.features = check_mode(features)
-        unknown = set(feature_store or {}) - set(STORE_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown data.feature_store keys {sorted(unknown)}; known: {sorted(STORE_DEFAULTS)}")
-        self.store_opts = {**STORE_DEFAULTS, **dict(feature_store or {})}
-        if self.features == "cached" and not self.store_opts["dir"]:
-            raise DataError("data.features=cached needs a folder for the maps", None,
-                            "set data.feature_store.dir (e.g. ${paths.cache_dir}/features)")
+        self.features, self.store_opts = feature_options(features, feature_store)
         if split is not None and kind != "samples":
             raise ValueError("data.split (a by-image split of a flat folder) only applies to data.kind=samples")
         self.split = None if split is None else {"fractions": [float(f) for f in split["fractions"]],

@@ -57,6 +57,19 @@ def check_mode(features: str) -> str:
     return features
 
 
+def feature_options(features: str, feature_store: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """``(data.features, data.feature_store over STORE_DEFAULTS)``, checked: a cached mode needs a folder."""
+    mode = check_mode(features)
+    unknown = set(feature_store or {}) - set(STORE_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown data.feature_store keys {sorted(unknown)}; known: {sorted(STORE_DEFAULTS)}")
+    opts = {**STORE_DEFAULTS, **dict(feature_store or {})}
+    if mode == "cached" and not opts["dir"]:
+        raise DataError("data.features=cached needs a folder for the maps", None,
+                        "set data.feature_store.dir (e.g. ${paths.cache_dir}/features)")
+    return mode, opts
+
+
 def store_key_digest(key: Mapping[str, Any]) -> str:
     # imported here: ``lit_retrieval.retrieval`` pulls in the backbones, which the store itself does not need
     from ..retrieval.cache import key_digest
@@ -215,9 +228,10 @@ class FeatureStore:
         return out
 
 
-def _encode(items: list[Item], maps: Sequence[str], encoder: FrozenEncoder, batch: int) -> None:
-    """Replace the image fields ``maps`` of ``items`` by their frozen maps (batched where shapes agree)."""
-    for m in maps:
+def _encode(items: list[Item], inputs: Sequence[str], encoder: Callable[[Tensor], Any], batch: int) -> None:
+    """Replace the image fields ``inputs`` of ``items`` by their frozen maps (batched where shapes agree): field
+    ``m`` becomes the map ``m``, or the maps ``m.<level>`` of an encoder that returns ``{level: maps}``."""
+    for m in inputs:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for k, it in enumerate(items):
             by_shape.setdefault(tuple(it[m].shape), []).append(k)
@@ -225,14 +239,18 @@ def _encode(items: list[Item], maps: Sequence[str], encoder: FrozenEncoder, batc
             for s in range(0, len(ks), batch):
                 group = ks[s: s + batch]
                 out = encoder(torch.stack([torch.as_tensor(items[k][m]) for k in group]))
-                for k, f in zip(group, out):
-                    items[k][m] = f.numpy()
+                levels = out if isinstance(out, Mapping) else {None: out}
+                for j, k in enumerate(group):
+                    del items[k][m]
+                    for level, maps in levels.items():
+                        items[k][m if level is None else f"{m}.{level}"] = maps[j].numpy()
 
 
-def fill_store(store: FeatureStore, item: Callable[[int], Item], encoder: FrozenEncoder, desc: str,
-               batch: int = 8, progress: bool = True) -> FeatureStore:
+def fill_store(store: FeatureStore, item: Callable[[int], Item], encoder: Callable[[Tensor], Any], desc: str,
+               batch: int = 8, progress: bool = True, inputs: Sequence[str] | None = None) -> FeatureStore:
     """Compute the chunks of ``store`` that are not on disk: ``item(i)`` gives pool item ``i`` with its image
-    fields as ``3×H×W`` ``[0, 1]`` tensors, which ``encoder`` turns into maps."""
+    fields ``inputs`` (default: the store's map names) as ``3×H×W`` ``[0, 1]`` tensors, which ``encoder`` turns
+    into maps (a tensor, or ``{level: tensor}`` stored as ``<field>.<level>``)."""
     todo = store.missing()
     if todo:
         n = sum(len(store.chunks()[c]) for c in todo)
@@ -240,7 +258,7 @@ def fill_store(store: FeatureStore, item: Callable[[int], Item], encoder: Frozen
         with tqdm(total=n, desc=desc, unit="item", disable=not progress) as bar:
             for c in todo:
                 items = [dict(item(i)) for i in store.chunks()[c]]
-                _encode(items, store.maps, encoder, batch)
+                _encode(items, store.maps if inputs is None else inputs, encoder, batch)
                 store.write(c, [{k: (v.numpy() if isinstance(v, Tensor) else v) for k, v in it.items()}
                                 for it in items])
                 bar.update(len(items))
@@ -286,4 +304,4 @@ def model_encoder(datamodule: Any) -> FrozenEncoder:
 
 
 __all__ = ["FEATURE_MODES", "STORE_DEFAULTS", "STORE_DTYPES", "CachedItems", "FeatureStore", "FrozenEncoder", "check_mode",
-           "fill_store", "model_encoder"]
+           "feature_options", "fill_store", "model_encoder"]

@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .classification import SeededShuffleSampler, limit_samples
 from .errors import DataError
-from .features import (STORE_DEFAULTS, CachedItems, FeatureStore, FrozenEncoder, check_mode, fill_store,
-                       model_encoder)
+from .features import CachedItems, FeatureStore, FrozenEncoder, feature_options, fill_store, model_encoder
 from .images import to_tensor
 from .provenance import ContentSet, content_of_files
 from .synthetic.backgrounds import BackgroundSource, ImageFolderBackgrounds
@@ -262,6 +261,8 @@ class PastedItems:
     ``i // syntheses``; every random choice of it comes from ``default_rng([seed, epoch, i])`` (``[seed, i]``
     without resampling); decoded objects are kept in a per-process LRU cache that is never pickled to workers."""
 
+    POOL_KIND = "pasted-items"  # names the items in the feature store's key (``pool_key``)
+
     def _init_items(self, objects: ObjectSource, backgrounds: BackgroundSource, syntheses: int, seed: int,
                     resample: bool, cache_size: int, split: Mapping[str, Any] | None) -> None:
         self.objects, self.backgrounds = objects, backgrounds
@@ -289,6 +290,13 @@ class PastedItems:
     def content_sources(self) -> list[str]:
         """What the items are made of: the objects' source images and the backgrounds (paths or procedural keys)."""
         return [r.source for r in self.refs] + [str(k) for k in self.backgrounds.keys]
+
+    def pool_key(self) -> dict[str, Any]:
+        """What the items are, for the feature store's key: the settings, which instances, and every source by
+        content (a changed image, annotation or background changes the key)."""
+        sources = content_of_files(f"{self.POOL_KIND} pool", [], self.content_sources())
+        return {"items": f"{self.POOL_KIND}-v1", **self.describe(), "instances": [r.ann_id for r in self.refs],
+                "content": sources.digest}
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of item ``index`` in the current epoch."""
@@ -321,6 +329,8 @@ class SyntheticPairs(PastedItems, Dataset[dict[str, torch.Tensor]]):
         split: how these objects and backgrounds were chosen (fractions, seed, part), for ``describe``.
         shuffled: also give a patch-shuffled copy of each gallery (``"shuffled"``).
     """
+
+    POOL_KIND = "synthetic-pairs"
 
     def __init__(self, objects: ObjectSource, backgrounds: BackgroundSource, syntheses: int = 4,
                  gallery_size: int = 448, query_size: int = 224,
@@ -391,13 +401,6 @@ class SyntheticPairs(PastedItems, Dataset[dict[str, torch.Tensor]]):
         if self.shuffled:
             item["shuffled"] = to_tensor(Image.fromarray(shuffle_patches(gallery, SHUFFLE_GRID, rng)))
         return item
-
-    def pool_key(self) -> dict[str, Any]:
-        """What the items are, for the feature store's key: the settings, which instances, and every source by
-        content (a changed image, annotation or background changes the key)."""
-        sources = content_of_files("pairs pool", [], self.content_sources())
-        return {"items": "synthetic-pairs-v1", **self.describe(), "instances": [r.ann_id for r in self.refs],
-                "content": sources.digest}
 
     def describe(self) -> dict[str, Any]:
         """Sources, counts, split and synthesis settings."""
@@ -506,11 +509,7 @@ class SyntheticPairsDataModule(SeededSplitLoaders, pl.LightningDataModule):
                  feature_store: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.features = check_mode(features)
-        self.store_opts = _options("feature_store", feature_store, STORE_DEFAULTS)
-        if self.features == "cached" and not self.store_opts["dir"]:
-            raise DataError("data.features=cached needs a folder for the maps", None,
-                            "set data.feature_store.dir (e.g. ${paths.cache_dir}/features)")
+        self.features, self.store_opts = feature_options(features, feature_store)
         if self.features == "cached" and resample:
             log.info("data.features=cached: the training pool is fixed (%d galleries per object), not resampled "
                      "every epoch", syntheses)

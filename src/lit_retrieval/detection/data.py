@@ -24,7 +24,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.classification import limit_samples
+from ..data.features import CachedItems, FeatureStore, feature_options, fill_store, model_encoder
 from ..data.errors import DataError, ImageLoadError
 from ..data.images import load_image
 from ..data.pairs import (BACKGROUNDS_DEFAULTS, GALLERY_JITTER, MAX_PASTE_TRIES, OBJECTS_DEFAULTS, SPLIT_DEFAULTS,
@@ -58,6 +59,7 @@ SOURCE_DEFAULTS: dict[str, Any] = {"kind": "synthetic", "train": None, "val": No
 #: the paste ranges of the boxes: landmarks are prominent (larger than the pairs' objects) and upright
 PASTE_DEFAULTS: dict[str, Any] = {**PAIRS_PASTE_DEFAULTS, "scale": (0.25, 0.8), "rotation": (0.0, 10.0)}
 GLD_SUFFIX = ".jpg"
+_EXTRA_TAG = 2  # the extra objects of item i come from default_rng([seed, (epoch,) i, _EXTRA_TAG])
 _FLIP_TAG = 1  # the flip of item i comes from default_rng([seed, epoch, i, _FLIP_TAG]): apart from the paste's
 _FIX_COCO = ("point {where}.dir at a COCO folder (annotations/instances.json + images/), e.g. "
              "{where}.dir=${{paths.shared_dir}}/coco128, or give {where}.json (the annotation file) and "
@@ -111,6 +113,16 @@ def _clip(boxes: np.ndarray, height: int, width: int, min_size: float) -> np.nda
     b[:, 1::2] = b[:, 1::2].clip(0, height)
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     return b[(w >= min_size) & (h >= min_size) & (w > 0) & (h > 0)]
+
+
+def _covers(a: Sequence[float], b: Sequence[float], limit: float) -> bool:
+    """Whether boxes ``a`` and ``b`` (xyxy) overlap by more than ``limit`` of the area of either."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return False
+    area = lambda r: max(r[2] - r[0], 1e-9) * max(r[3] - r[1], 1e-9)  # noqa: E731
+    return w * h > limit * min(area(a), area(b))
 
 
 class BoxSubset(BackgroundSubset):
@@ -410,17 +422,29 @@ class SyntheticBoxes(PastedItems):
         seed, resample: see above.
         cache_size: decoded objects kept per process.
         split: how these objects and backgrounds were chosen, for ``describe``.
+        pastes: ``(lo, hi)``: each image holds a random number of objects in ``[lo, hi]``, its own object first,
+            then others of ``objects`` drawn at random (in the lower half of the scale range), each placed where
+            it covers at most ``MAX_COVER`` of an earlier box and is at most that covered by it (an object that
+            finds no such place in ``MAX_PASTE_TRIES`` pastes is left out), so that every box stays visible.
     """
+
+    POOL_KIND = "synthetic-boxes"
+    MAX_COVER = 0.25  # largest fraction of a box's area another pasted box of the same image may cover
 
     def __init__(self, objects: ObjectSource, backgrounds: BackgroundSource, syntheses: int = 1,
                  image_size: int = 384, paste: PasteParams | Mapping[str, Any] | str | None = None, seed: int = 0,
-                 resample: bool = True, cache_size: int = 64, split: Mapping[str, Any] | None = None) -> None:
+                 resample: bool = True, cache_size: int = 64, split: Mapping[str, Any] | None = None,
+                 pastes: Sequence[int] = (1, 1)) -> None:
         if syntheses < 1 or image_size < 16 or cache_size < 0:
             raise ValueError(f"need syntheses >= 1, image_size >= 16 and cache_size >= 0, got syntheses={syntheses}, "
                              f"image_size={image_size}, cache_size={cache_size}")
+        lo, hi = (int(v) for v in pastes)
+        if not 1 <= lo <= hi:
+            raise ValueError(f"data.pastes={list(pastes)}: need [lo, hi] objects per image with 1 <= lo <= hi")
         self._init_items(objects, backgrounds, syntheses, seed, resample, cache_size, split)
         self.image_size = int(image_size)
         self.paste_params = box_paste_params(paste)
+        self.pastes = (lo, hi)
 
     @property
     def keys(self) -> list[str]:
@@ -447,39 +471,66 @@ class SyntheticBoxes(PastedItems):
         return self._background(self.rng(_check_index(index, len(self), "item")))
 
     def synthesize(self, index: int) -> tuple[np.ndarray, list[int], dict[str, Any]]:
-        """``(image, box, info)`` of item ``index``: ``paste``'s output (``info["transform"]`` replays it).
+        """``(image, box, info)`` of item ``index`` with its own object only: ``paste``'s output
+        (``info["transform"]`` replays it).
 
         Raises:
             DataError: the object was not visible after ``MAX_PASTE_TRIES`` pastes.
         """
         index = _check_index(index, len(self), "item")
-        k = index // self.syntheses
-        instance, rng = self.instance(k), self.rng(index)
-        background = self._background(rng)
+        rng = self.rng(index)
+        image, box, info = self._paste(self._background(rng), index // self.syntheses, rng)
+        return image, box, info
+
+    def _paste(self, background: np.ndarray, k: int, rng: np.random.Generator,
+               avoid: Sequence[Sequence[int]] = ()) -> tuple[np.ndarray, list[int] | None, dict[str, Any]]:
+        """Object ``k`` pasted on ``background`` where it is visible (and, given ``avoid``, overlaps none of those
+        boxes by more than ``MAX_COVER``); ``avoid`` given, ``(background, None, {})`` when no paste fits. Extra
+        objects (``avoid`` given) are drawn in the lower half of the scale range, so that they find room."""
+        instance, params = self.instance(k), self.paste_params
+        if avoid:
+            lo, hi = params.scale
+            params = replace(params, scale=(lo, (lo + hi) / 2))
         for _ in range(MAX_PASTE_TRIES):
-            image, box, info = paste(background, instance, rng, self.paste_params)
-            if box is not None:
+            image, box, info = paste(background, instance, rng, params)
+            if box is not None and not any(_covers(box, other, self.MAX_COVER) for other in avoid):
                 return image, box, info
+        if avoid:
+            return background, None, {}
         raise DataError(f"pasting object {self.refs[k].ann_id} left nothing visible {MAX_PASTE_TRIES} times",
                         self.refs[k].source, "lower data.paste.truncation_prob or raise data.paste.visible")
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         image, box, _info = self.synthesize(index)
         k, s = divmod(int(index), self.syntheses)
-        return image, np.asarray([box], dtype=np.float32), f"{self.refs[k].source}#{s}"
+        boxes = [box]
+        lo, hi = self.pastes
+        if hi > 1:  # more objects, from a generator of their own (the first paste stays what synthesize gives)
+            rng = self._extra_rng(index)
+            n = int(rng.integers(lo, hi + 1)) - 1
+            others = [j for j in range(len(self.refs)) if j != k]
+            for j in (rng.choice(others, size=min(n, len(others)), replace=False) if others and n > 0 else []):
+                image, extra, _ = self._paste(image, int(j), rng, avoid=boxes)
+                if extra is not None:
+                    boxes.append(extra)
+        return image, np.asarray(boxes, dtype=np.float32), f"{self.refs[k].source}#{s}"
+
+    def _extra_rng(self, index: int) -> np.random.Generator:
+        seq = [self.seed, self.epoch, int(index), _EXTRA_TAG] if self.resample else [self.seed, int(index), _EXTRA_TAG]
+        return np.random.default_rng(seq)
 
     def boxes(self, index: int) -> np.ndarray:
-        """The box of item ``index`` (the image is composed to know it)."""
+        """The boxes of item ``index`` (the image is composed to know them)."""
         return self.load(index)[1]
 
     def count(self, index: int) -> int:
         _check_index(index, len(self), "item")
-        return 1
+        return 1 if self.pastes[1] == 1 else len(self.boxes(index))
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "synthetic", "objects": self.objects.describe(), "backgrounds": self.backgrounds.describe(),
                 "n_objects": len(self.refs), "n_backgrounds": self.n_backgrounds, "syntheses": self.syntheses,
-                "n_images": len(self), "n_boxes": len(self), "image_size": self.image_size, "seed": self.seed,
+                "n_images": len(self), "pastes": list(self.pastes), "image_size": self.image_size, "seed": self.seed,
                 "resample": self.resample, "split": dict(self.split),
                 "paste": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.paste_params).items()}}
 
@@ -565,6 +616,63 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]
     return [image for image, _ in batch], [target for _, target in batch]
 
 
+# ------------------------------------------------------------------------------------- frozen-feature pools
+
+def _serve_boxes(levels: Sequence[str], train: bool, hflip_prob: float) -> Any:
+    """What the detector's step receives from a stored item: ``({level: trunk map}, target)``; training targets
+    are in resized pixels (the loss's), validation targets in pixels of the image (the detections')."""
+    from .models import resized_boxes
+
+    def serve(item: dict[str, Any], rng: np.random.Generator | None) -> tuple[dict[str, torch.Tensor], dict]:
+        flip = train and rng is not None and hflip_prob > 0 and bool(rng.random() < hflip_prob)
+        field = "flip" if flip else "image"
+        maps = {lvl: torch.from_numpy(np.array(item[f"{field}.{lvl}"])) for lvl in levels}
+        original, size = tuple(int(v) for v in item["original"]), tuple(int(v) for v in item["size"])
+        boxes = torch.from_numpy(np.array(item["boxes"][: int(item["n_boxes"])], dtype=np.float32)).reshape(-1, 4)
+        if flip:
+            boxes = hflip_boxes(boxes, original[1])
+        if train:
+            boxes = resized_boxes(boxes, original, size)
+        target = {"boxes": boxes, "labels": torch.full((len(boxes),), LANDMARK_LABEL, dtype=torch.int64),
+                  "image_id": int(item["index"]), "image_size": size, "original_size": original}
+        return maps, target
+
+    return serve
+
+
+def cached_boxes(source: SyntheticBoxes, encoder: Any, store: Mapping[str, Any], name: str, train: bool,
+                 hflip_prob: float = 0.5, seed: int = 0) -> CachedItems:
+    """The fixed pool of ``source`` with each image replaced by the frozen trunk maps of its detector input (and,
+    for training with flips, of its flipped input: the map of a flipped image is not the flipped map), computed
+    once into ``store["dir"]`` (see :mod:`lit_retrieval.data.features`); ``encoder``: the detector's
+    :class:`~lit_retrieval.detection.models.TrunkEncoder`."""
+    if source.resample:
+        raise ValueError("cached boxes need a fixed pool: build the SyntheticBoxes with resample=False")
+    inputs = ("image", "flip") if train and hflip_prob > 0 else ("image",)
+    levels = tuple(encoder.key()["levels"])
+    fs = FeatureStore(store["dir"], {"pool": source.pool_key(), "encoder": encoder.key(), "inputs": list(inputs)},
+                      len(source), [f"{i}.{lvl}" for i in inputs for lvl in levels], int(store["chunk_size"]),
+                      str(store["dtype"]))
+
+    def item(i: int) -> dict[str, Any]:
+        image, boxes, _key = source.load(i)
+        pixels, boxes = image_to_tensor(image), torch.from_numpy(np.asarray(boxes, np.float32)).reshape(-1, 4)
+        x, _resized, size = encoder.prepare(pixels, boxes)
+        padded = np.full((source.pastes[1], 4), np.nan, np.float32)  # one shape for every item of the store
+        padded[: len(boxes)] = boxes.numpy()
+        out = {"image": x, "boxes": padded, "n_boxes": np.int64(len(boxes)), "size": np.array(size, np.int64),
+               "original": np.array(image.shape[:2], np.int64), "index": np.int64(i)}
+        if "flip" in inputs:
+            out["flip"] = encoder.prepare(pixels.flip(-1), hflip_boxes(boxes, image.shape[1]))[0]
+        return out
+
+    fill_store(fs, item, encoder, f"frozen trunk maps of the {name}", batch=8, inputs=inputs)
+    out = CachedItems(fs, _serve_boxes(levels, train, hflip_prob), seed, random=train,
+                      describe={**source.describe(), "hflip_prob": hflip_prob if train else 0.0})
+    out.source = source  # what the items are made of (``content``), and the pixels for pictures
+    return out
+
+
 # -------------------------------------------------------------------------------------------- datamodule
 
 def make_box_source(kind: str, spec: Mapping[str, Any], where: str = "data.source") -> CocoBoxes | LandmarkBoxesCSV:
@@ -615,6 +723,8 @@ class BoxesDataModule(SeededSplitLoaders, pl.LightningDataModule):
     Args:
         source: ``{kind, train, val, dir, json, images, csv, categories, min_size, skip_empty}``.
         objects, backgrounds, split, syntheses, image_size, paste: see above.
+        pastes: ``[lo, hi]`` objects per synthetic training image (``SyntheticBoxes``); validation images hold one,
+            as the held-out benchmarks.
         hflip_prob: horizontal flips of training images (validation: none).
         batch_size, num_workers: loader settings (workers re-created every epoch).
         seed: shuffle, subset, synthesis and flip seed.
@@ -631,13 +741,26 @@ class BoxesDataModule(SeededSplitLoaders, pl.LightningDataModule):
                  backgrounds: Mapping[str, Any] | None = None, split: Mapping[str, Any] | None = None,
                  syntheses: int = 4, image_size: int = 384, paste: Mapping[str, Any] | None = None,
                  hflip_prob: float = 0.5, batch_size: int = 4, num_workers: int = 0, seed: int = 0,
-                 resample: bool = True, limit_train: int | None = None, limit_val: int | None = None) -> None:
+                 resample: bool = True, limit_train: int | None = None, limit_val: int | None = None,
+                 features: str = "online", feature_store: Mapping[str, Any] | None = None,
+                 pastes: Sequence[int] = (1, 1)) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.pastes = tuple(int(v) for v in pastes)
+        if len(self.pastes) != 2 or not 1 <= self.pastes[0] <= self.pastes[1]:
+            raise ValueError(f"data.pastes={list(pastes)}: need [lo, hi] objects per training image, 1 <= lo <= hi")
         self.source_spec = _options("source", source, SOURCE_DEFAULTS)
         self.kind = self.source_spec["kind"]
         if self.kind not in SOURCE_KINDS:
             raise ValueError(f"data.source.kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        self.features, self.store_opts = feature_options(features, feature_store)
+        if self.features == "cached" and self.kind != "synthetic":
+            raise ValueError(f"data.features=cached stores a fixed synthetic pool; data.source.kind={self.kind} reads "
+                             "files. Fix: data.features=online (or data.source.kind=synthetic)")
+        if self.features == "cached" and resample:
+            log.info("data.features=cached: the training pool is fixed (%d images per object), not resampled every "
+                     "epoch", syntheses)
+            resample = False
         if self.kind == "synthetic":
             stray = [k for k in ("train", "val", "dir", "json", "csv", "images") if self.source_spec[k] is not None]
             if stray:
@@ -690,7 +813,8 @@ class BoxesDataModule(SeededSplitLoaders, pl.LightningDataModule):
             split = {"fractions": self.fractions, "seed": self.split_seed, "part": part, "limit": limit}
             sets.append(SyntheticBoxes(ObjectSubset(objects, tuple(refs)), background_parts[part],
                                        syntheses=self.syntheses, image_size=self.image_size, paste=self.paste_params,
-                                       seed=self.seed, resample=resample, split=split))
+                                       seed=self.seed, resample=resample, split=split,
+                                       pastes=self.pastes if part == TRAIN_PART else (1, 1)))
         return sets[0], sets[1]
 
     def _limited(self, source: BoxSource, indices: Sequence[int], limit: int | None) -> BoxSubset:
@@ -733,21 +857,35 @@ class BoxesDataModule(SeededSplitLoaders, pl.LightningDataModule):
             raise DataError(f"{len(train)} training images make no full batch of {self.batch_size} (the last "
                             "incomplete batch is dropped)", self._where(),
                             "lower data.batch_size, raise data.syntheses or data.limit_train, or add images")
-        self.train_set = DetectionDataset(train, train=True, hflip_prob=self.hflip_prob, seed=self.seed)
-        self.val_set = DetectionDataset(val, train=False, seed=self.seed)
+        if self.features == "cached":
+            encoder = model_encoder(self)
+            self.train_set = cached_boxes(train, encoder, self.store_opts, "training boxes", True, self.hflip_prob,
+                                          self.seed)
+            self.val_set = cached_boxes(val, encoder, self.store_opts, "validation boxes", False, seed=self.seed)
+        else:
+            self.train_set = DetectionDataset(train, train=True, hflip_prob=self.hflip_prob, seed=self.seed)
+            self.val_set = DetectionDataset(val, train=False, seed=self.seed)
         log.info("landmark boxes (%s): %d training images, %d validation images", self.kind, len(train), len(val))
 
     def val_ground_truth(self) -> list[tuple[int, np.ndarray]]:
         """``(image_id, boxes)`` of every validation image, in ``image_id`` order, for ``ap.coco_ap`` (computed
         once: synthetic validation images are composed to know their boxes)."""
         if self._val_gt is None:
-            self._val_gt = self._ready()[1].ground_truth()
+            val = self._ready()[1]
+            self._val_gt = DetectionDataset(val.source, train=False).ground_truth() if self.features == "cached" \
+                else val.ground_truth()
         return [(i, b.copy()) for i, b in self._val_gt]
+
+    def val_image(self, index: int) -> np.ndarray:
+        """The pixels of validation image ``index`` (``H×W×3`` uint8), for pictures of cached validation items."""
+        val = self._ready()[1]
+        return val.source.load(index)[0]
 
     def describe(self) -> dict[str, Any]:
         """What is being trained on, for the logger."""
         train, val = self._ready()
-        return {"kind": self.kind, "train": train.describe(), "val": val.describe(), "n_train_images": len(train),
+        return {"kind": self.kind, "features": self.features, "train": train.describe(), "val": val.describe(),
+                "n_train_images": len(train),
                 "n_val_images": len(val), "batch_size": self.batch_size,
                 "split": {"fractions": self.fractions, "seed": self.split_seed},
                 "limit_train": self.limit_train, "limit_val": self.limit_val}
@@ -755,5 +893,5 @@ class BoxesDataModule(SeededSplitLoaders, pl.LightningDataModule):
 
 __all__ = ["BoxSource", "BoxSubset", "BoxesDataModule", "CocoBoxes", "DetectionDataset", "LANDMARK_LABEL",
            "LandmarkBoxesCSV", "PASTE_DEFAULTS", "SET_DEFAULTS", "SOURCE_DEFAULTS", "SOURCE_KINDS", "SyntheticBoxes",
-           "box_paste_params", "collate_detection", "gld_image_candidates", "hflip_boxes", "image_to_tensor",
+           "box_paste_params", "cached_boxes", "collate_detection", "gld_image_candidates", "hflip_boxes", "image_to_tensor",
            "make_box_source", "parse_box_field", "xywh_to_xyxy"]

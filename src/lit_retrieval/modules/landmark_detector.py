@@ -2,7 +2,9 @@
 
 Training: torchvision's detection losses (RPN + box head for Faster R-CNN, box regression + classification for
 SSDlite), summed, on class-agnostic landmark boxes (``data=synthetic_boxes``: cut-and-paste boxes, COCO-format
-sets or the Google Landmark Boxes CSV). SGD with momentum, a linear warm-up then a cosine decay per step.
+sets or the Google Landmark Boxes CSV). SGD with momentum, a linear warm-up then a cosine decay per step. With
+``data.features=cached`` (``fasterrcnn_lite0``) the steps receive the stored maps of the frozen trunk and run only
+the neck, RPN and RoI heads (:func:`~lit_retrieval.detection.models.rcnn_from_trunk`).
 
 Validation: AP at IoU 0.5 with pycocotools' COCOeval (the paper's metric), logged as ``val/AP50`` each
 validation; ``<run>/plots/detector_ap.png`` (the learning curve, Fig. 7) and ``detections.png`` (predicted boxes
@@ -19,14 +21,17 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 from ..backbones import build_backbone
-from ..detection.models import CKPT_KEY, build_detector, detector_config
+from ..backbones.weights import weights_identity
+from ..detection.models import CKPT_KEY, TrunkEncoder, build_detector, detector_config, rcnn_from_trunk
 from ..loggers import log_images
 
 log = logging.getLogger(__name__)
@@ -54,9 +59,24 @@ class LandmarkDetectorModule(pl.LightningModule):
         self._shown: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     # -- training -------------------------------------------------------------------------------------
-    def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
+    def frozen_encoder(self) -> TrunkEncoder:
+        """The detector's frozen trunk as the training feature store sees it (``data.features=cached``)."""
+        d = self.hparams.detector
+        return TrunkEncoder(self.net, {"arch": d["arch"],
+                                       "weights": weights_identity(str(d.get("backbone_weights", "imagenet")), 0)})
+
+    def _run(self, images: list[Any], targets: list[dict] | None = None) -> Any:
+        """The detector on images, or after its trunk on stored trunk maps (``data.features=cached``)."""
+        if images and isinstance(images[0], Mapping):
+            sizes = [t["image_size"] for t in targets]
+            if self.net.training:
+                return rcnn_from_trunk(self.net, images, sizes, targets)
+            return rcnn_from_trunk(self.net, images, sizes, original_sizes=[t["original_size"] for t in targets])
+        return self.net(images, targets) if self.net.training else self.net(images)
+
+    def training_step(self, batch: tuple[list[Any], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        losses = self.net(images, targets)
+        losses = self._run(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             parts = {k: round(float(v), 4) for k, v in losses.items()}
@@ -93,13 +113,16 @@ class LandmarkDetectorModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
-        out = self.net(images)  # eval mode: detections
+        out = self._run(images, targets)  # eval mode: detections in pixels of the images
         n_show = int((self.hparams.plots or {}).get("n_images", 8))
         for img, o, t in zip(images, out, targets):
             boxes, scores = o["boxes"].detach().cpu().numpy(), o["scores"].detach().cpu().numpy()
             gt = t["boxes"].detach().cpu().numpy()
             if len(self._shown) < n_show and len(self._val) % getattr(self, "_show_every", 1) == 0:
-                pic = (img.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+                if isinstance(img, Mapping):  # stored maps: the pixels come from the validation set
+                    pic = self.trainer.datamodule.val_image(int(t["image_id"]))
+                else:
+                    pic = (img.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
                 self._shown.append((pic, boxes, scores, gt))
             self._val.append((gt, boxes, scores))
 
@@ -111,8 +134,8 @@ class LandmarkDetectorModule(pl.LightningModule):
         ap = coco_ap([g for g, _, _ in self._val], [(b, s) for _, b, s in self._val])
         self.log_dict({"val/AP50": float(ap["AP50"]), "val/AP": float(ap["AP"]), "val/AR100": float(ap["AR100"])},
                       sync_dist=True)
-        if self.trainer.sanity_checking:
-            return
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
+            return  # the learning curve is the training's: a later validation of a checkpoint leaves it as it is
         self.history.append({"epoch": self.current_epoch, "step": self.global_step, "AP50": float(ap["AP50"]),
                              "AP": float(ap["AP"])})
         if self.trainer.is_global_zero:
@@ -136,7 +159,6 @@ class LandmarkDetectorModule(pl.LightningModule):
     def retrieval_rankers(self) -> dict[str, Any]:
         if not hasattr(self, "_ranker"):
             from ..d2r.pipeline import D2RRanker, Settings
-            from ..backbones.weights import weights_identity
 
             key = {"backbone": self.backbone.name,
                    "weights": weights_identity(str(self.hparams.backbone.get("weights", "imagenet")), 0)}
