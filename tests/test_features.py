@@ -260,3 +260,11 @@ def test_unknown_per_image_choice_is_an_error():
 
     with pytest.raises(ValueError, match="per_image"):
         split_sources(make_objects({"n": 4}), make_backgrounds({"n": 4}), per_image="smallest")
+
+
+def test_maps_of_another_backbone_are_a_clear_error():
+    from lit_retrieval.data.features import is_map
+
+    assert not is_map(torch.zeros(1, 3, 8, 8), 1280) and is_map(torch.zeros(1, 1280, 2, 2), 1280)
+    with pytest.raises(ValueError, match="rebuild the feature store"):
+        is_map(torch.zeros(1, 2048, 2, 2), 1280)

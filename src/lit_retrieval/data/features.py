@@ -70,6 +70,18 @@ def feature_options(features: str, feature_store: Mapping[str, Any] | None) -> t
     return mode, opts
 
 
+def is_map(x: Tensor, channels: int) -> bool:
+    """Whether a batch ``N×C×H×W`` is frozen maps of a backbone with ``channels`` channels (``data.features=cached``)
+    rather than images (3 channels); anything else is a clear error."""
+    if x.shape[1] == 3:
+        return False
+    if x.shape[1] != channels:
+        raise ValueError(f"expected images (3 channels) or this backbone's maps ({channels} channels), got "
+                         f"{tuple(x.shape)}: cached maps of another backbone? Fix: rebuild the feature store for "
+                         "this backbone")
+    return True
+
+
 def store_key_digest(key: Mapping[str, Any]) -> str:
     # imported here: ``lit_retrieval.retrieval`` pulls in the backbones, which the store itself does not need
     from ..retrieval.cache import key_digest
@@ -304,4 +316,4 @@ def model_encoder(datamodule: Any) -> FrozenEncoder:
 
 
 __all__ = ["FEATURE_MODES", "STORE_DEFAULTS", "STORE_DTYPES", "CachedItems", "FeatureStore", "FrozenEncoder", "check_mode",
-           "feature_options", "fill_store", "model_encoder"]
+           "feature_options", "fill_store", "is_map", "model_encoder"]

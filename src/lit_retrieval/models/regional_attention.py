@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone, build_backbone
 from ..pooling import l2n, region_max, region_mean
 from ..regions import GRIDS, sample_regions
+from ..data.features import is_map
 from ..data.provenance import ContentSet
 from ..whitening import Whitening
 from .attention import RegionalAttention, attention_input
@@ -128,14 +129,10 @@ class RegionalAttentionNet(nn.Module):
         """The frozen backbone's maps and the input's size: of normalised images ``N×3×H×W`` (run under
         ``no_grad``), or cached maps ``N×C×h×w`` as they are (``data.features=cached``; the input is taken to be
         ``h·stride × w·stride``, exact for stride-aligned crops)."""
-        C, stride = self.backbone.out_channels, self.backbone.stride
-        if x.shape[1] == 3:
+        if not is_map(x, self.backbone.out_channels):
             with torch.no_grad():
                 return self.backbone(x), tuple(x.shape[-2:])
-        if x.shape[1] != C:
-            raise ValueError(f"expected images (3 channels) or this backbone's maps ({C} channels), got "
-                             f"{tuple(x.shape)}: cached maps of another backbone? Fix: rebuild the feature store for "
-                             "this backbone")
+        stride = self.backbone.stride
         return x.float(), (x.shape[-2] * stride, x.shape[-1] * stride)
 
     def pool_regions(self, x: Tensor, S: int, attention: bool = True) -> dict[str, Any]:

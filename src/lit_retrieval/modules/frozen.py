@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backbones.weights import weights_identity
+from ..data.features import FrozenEncoder
+
 BACKBONE_PREFIX = "net.backbone."
 
 
@@ -17,6 +20,13 @@ class FrozenBackboneCheckpoint:
         for k in [k for k in state_dict if k.startswith(prefix) and k not in trained]:
             del state_dict[k]
         return state_dict
+
+    def frozen_encoder(self) -> FrozenEncoder:
+        """The frozen backbone as the training feature store sees it (``data.features=cached``): its maps, keyed by
+        the backbone's name, stride and weights identity."""
+        b = self.hparams.backbone
+        return FrozenEncoder(self.net.backbone, {"backbone": b["name"], "stride": self.net.backbone.stride,
+                                                 "weights": weights_identity(str(b.get("weights", "imagenet")), 0)})
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001
         full = {f"{BACKBONE_PREFIX}{k}": v for k, v in self.net.backbone.state_dict().items()}

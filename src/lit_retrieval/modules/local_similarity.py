@@ -21,7 +21,7 @@ from torchvision.ops import box_iou
 
 from ..backbones import Backbone, build_backbone
 from ..backbones.weights import weights_identity
-from ..data.features import FrozenEncoder
+from ..data.features import FrozenEncoder, is_map
 from ..localsim.pipeline import Settings, describe, score
 from ..localsim.pq import GridQuantizer
 from ..models.local_similarity import (CKPT_KEY, LocalSimilarityNet, decode_boxes, encode_boxes,
@@ -101,17 +101,12 @@ class LocalSimilarityModule(FrozenBackboneCheckpoint, pl.LightningModule):
             raise ValueError(f"data.features=cached caches a frozen backbone, but model.finetune_layers="
                              f"{self.net.finetune_layers} trains its last layers. Fix: data.features=online, or "
                              "model.finetune_layers=0")
-        b = self.hparams.backbone
-        return FrozenEncoder(self.backbone, {"backbone": b["name"], "stride": self.backbone.stride,
-                                             "weights": weights_identity(str(b.get("weights", "imagenet")), 0)})
+        return super().frozen_encoder()
 
     def maps(self, x: Tensor) -> Tensor:
         """The backbone's maps of ``[0, 1]`` images (without gradient unless layers are fine-tuned), or cached maps
         (``data.features=cached``) as they are."""
-        if x.shape[1] != 3:
-            if x.shape[1] != self.backbone.out_channels:
-                raise ValueError(f"expected images (3 channels) or this backbone's maps ({self.backbone.out_channels}"
-                                 f" channels), got {tuple(x.shape)}: rebuild the feature store for this backbone")
+        if is_map(x, self.backbone.out_channels):
             return x.float()
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.net.finetune_layers > 0):
             return self.backbone(self.backbone.normalize(x))

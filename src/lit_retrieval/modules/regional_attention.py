@@ -28,8 +28,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone, build_backbone
 from ..data import load_dataset
-from ..backbones.weights import weights_identity
-from ..data.features import FrozenEncoder
+from ..data.features import is_map
 from ..data.provenance import ContentSet, content_of_files
 from ..losses import pair_contrastive
 from ..models import RegionalAttentionNet, UniformRegions
@@ -80,15 +79,9 @@ class RegionalAttentionModule(FrozenBackboneCheckpoint, pl.LightningModule):
         return self.net.backbone
 
     # -- training -------------------------------------------------------------------------------------
-    def frozen_encoder(self) -> FrozenEncoder:
-        """The frozen backbone as the training feature store sees it (``data.features=cached``)."""
-        b = self.hparams.backbone
-        return FrozenEncoder(self.backbone, {"backbone": b["name"], "stride": self.backbone.stride,
-                                             "weights": weights_identity(str(b.get("weights", "imagenet")), 0)})
-
     def _input(self, x: Tensor) -> Tensor:
         """Images are normalised for the backbone; cached maps go as they are."""
-        return self.backbone.normalize(x) if x.shape[1] == 3 else x
+        return x if is_map(x, self.backbone.out_channels) else self.backbone.normalize(x)
 
     def forward(self, images: Tensor) -> Tensor:
         """``[0, 1]`` images (or cached maps) -> ImageNet logits (eq. 4)."""
