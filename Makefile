@@ -10,7 +10,7 @@ export HYDRA_FULL_ERROR ?= 1
 # some machines pre-place, which breaks torchvision. `pip --isolated` keeps pip's local wheel dirs out too.
 .venv/.installed: pyproject.toml uv.lock
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --isolated --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 venv: .venv/.installed

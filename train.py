@@ -2,7 +2,7 @@
 
 Examples::
 
-    python train.py experiment=quickstart                  # efficientnet_lite0, embedded data, a few CPU minutes
+    python train.py experiment=quickstart                  # make demo: procedural pairs, under 5 CPU minutes
     python train.py experiment=regional_attention_shared   # retrieval objective on COCO pairs from ../shared/data
     python train.py -m model.scales=3,4,5,6                # multirun + summary table of the sweep
     python train.py ckpt_path=RUN/checkpoints/last.ckpt    # resume an interrupted run

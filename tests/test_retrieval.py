@@ -130,3 +130,21 @@ def test_descriptor_cache_treats_a_truncated_chunk_as_absent(tmp_path):
     assert cache.load(0) is not None
     path.write_bytes(path.read_bytes()[:40])  # a zip cut short: zipfile.BadZipFile, not OSError
     assert cache.load(0) is None
+
+
+def test_global_poolings_of_maps_equal_those_of_images():
+    """``takes_maps``: the training callback pools the frozen maps it holds instead of re-running the backbone."""
+    from lit_retrieval.backbones import build_backbone
+    from lit_retrieval.retrieval import build_method
+
+    bb = build_backbone("efficientnet_lite0")
+    x = bb.normalize(torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        maps = bb(x)
+        for name, kw in (("gem", {"p": 3.0}), ("mac", {}), ("spoc", {}), ("rmac", {"L": 2})):
+            m = build_method(name, bb, **kw)
+            assert m.takes_maps
+            assert torch.equal(m(maps), m(x)), name
+        assert not build_method("rmac", bb, L=2, variant="kimyoon").takes_maps  # its grid needs the image size
+        with pytest.raises(ValueError, match="another backbone"):
+            build_method("gem", bb)(torch.rand(1, 7, 3, 4))

@@ -465,3 +465,21 @@ def test_embedded_freshness_check_never_runs_code(tmp_path):
     out = embedded_root(tmp_path, seed=0, name="embedded")
     assert not target.exists()
     assert "meta" in _load(out) and len(_load(out)["qimlist"]) == 12
+
+
+def test_loaded_benchmark_knows_its_pasted_objects(tiny):
+    """``RetrievalDataset.object_boxes``: every pasted object of every database image, in stored pixels; each
+    positive's own box among them; nothing for patch-shuffled copies and empty distractors."""
+    from lit_retrieval.data import load_dataset
+
+    data = load_dataset({"kind": "revisited", "root": str(tiny), "name": "tiny"})
+    raw = pickle.loads((tiny / "tiny" / "gnd_tiny.pkl").read_bytes())
+    names = [p.stem for p in data.db_paths]
+    assert data.object_boxes and set(data.object_boxes) <= set(range(data.n_db))
+    for name, box in raw["boxes"].items():  # the positives' query object
+        assert [float(v) for v in box] in data.object_boxes[names.index(name)]
+    for name in raw["shuffled"]:
+        assert names.index(name) not in data.object_boxes
+    for i, boxes in data.object_boxes.items():
+        w, h = Image.open(data.db_paths[i]).size
+        assert all(0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h for x1, y1, x2, y2 in boxes)

@@ -20,7 +20,7 @@ def _overrides(root: Path, tiny: Path, *extra: str, test: Path | None = None) ->
     bench = f"{{kind: revisited, root: '{tiny}', name: tiny}}"
     tests = f"{{tinytest: {{kind: revisited, root: '{test}', name: tinytest}}}}" if test else "{}"
     return [f"paths.root_dir={root}", f"paths.log_dir={root}/logs", f"paths.cache_dir={root}/cache",
-            "experiment=quickstart", "logger=csv", "trainer.max_epochs=3", "image_size=128",
+            "backbone=efficientnet_lite0", "model.hidden=64", "logger=csv", "trainer.max_epochs=3", "image_size=128",
             "data.embedded.n_classes=3", "data.embedded.n_train=4", "data.embedded.n_val=2", "data.crop=64",
             "data.min_side=72", "data.jitter=8", "data.batch_size=4", "model.scales=3", "model.train_scales=2",
             "~model.whitening.dataset", f"+model.whitening.dataset={bench}", "model.whitening.dims=64",
@@ -72,6 +72,16 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test
                    for k in h)  # the selection never saw a test number
     assert res["overlap"]["training data vs test tinytest"]["overlap"] == 0
     assert res["overlap"]["val tiny vs test tinytest"]["overlap"] == 0
+    # results.json "metrics" also holds the test values under the test benchmark's own name
+    for key, v in test["metrics"].items():
+        assert metrics[key.removeprefix("test/")] == pytest.approx(v, abs=1e-4)
+    # the final attention picture is of the selected checkpoint, with its regions-on-objects record
+    att = res["attention"]
+    assert att["tag"] == "final" and att["checkpoint"] == res["best_checkpoint"]
+    assert Path(att["picture"]) == out / "plots" / "attention_regions_final.png"
+    rec = att["regions_on_objects"]
+    assert rec["images"] == 2 and rec["k"] == 5 and 0 <= rec["top_k"] <= 1 and 0 < rec["chance"] < 1
+    assert json.loads((out / "plots" / "attention_regions_final.json").read_text()) == att
 
     # eval.py reads the best checkpoint like any other method; its whitening was learned on tiny (the validation
     # benchmark here), so evaluating it on tiny is refused unless asked for

@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 from lit_retrieval.viz_attention import (
+    attention_on_objects,
     boxes_feature_to_pixels,
+    on_objects,
     save_attention_histogram,
     save_attention_regions,
     top_regions,
@@ -26,6 +28,33 @@ def test_top_regions_order_ties_and_large_k():
     idx = top_regions(r, 7)
     assert np.all(np.diff(r[idx]) <= 0)
     assert set(idx.tolist()) == set(np.argsort(r)[-7:].tolist())
+
+
+def test_on_objects_uses_the_overlap_of_the_smaller_box():
+    obj = np.array([[100, 100, 200, 200]])
+    regions = np.array([[0, 0, 400, 400],      # contains the object: on it
+                        [120, 120, 180, 180],  # inside the object: on it
+                        [150, 100, 260, 200],  # half of the region (and of the object) covered: on it (>= 0.5)
+                        [180, 100, 300, 200],  # 20 of 120 px wide: off
+                        [300, 300, 350, 350]])  # elsewhere: off
+    assert on_objects(regions, obj).tolist() == [True, True, True, False, False]
+    assert on_objects(regions, obj, min_overlap=0.9).tolist() == [True, True, False, False, False]
+    assert on_objects(regions, np.zeros((0, 4))).tolist() == [False] * 5
+    two = np.array([[100, 100, 200, 200], [300, 300, 340, 340]])
+    assert on_objects(regions, two).tolist() == [True, True, True, False, True]
+
+
+def test_attention_on_objects_against_chance():
+    regions = np.array([[0, 0, 50, 50], [50, 0, 100, 50], [0, 50, 50, 100], [50, 50, 100, 100]])
+    obj = np.array([[0, 0, 50, 50]])  # one of four regions on the object: chance 1/4
+    good = attention_on_objects([regions], [np.array([9.0, 1, 1, 1])], [obj], k=1)
+    bad = attention_on_objects([regions], [np.array([0.0, 1, 2, 3])], [obj], k=2)
+    assert good == {"top_k": 1.0, "chance": 0.25, "k": 1, "images": 1, "min_overlap": 0.5}
+    assert bad["top_k"] == 0.0 and bad["chance"] == 0.25
+    # images without objects are left out of both; none at all gives NaN
+    both = attention_on_objects([regions, regions], [np.array([9.0, 1, 1, 1])] * 2, [obj, np.zeros((0, 4))], k=1)
+    assert both["images"] == 1 and both["top_k"] == 1.0
+    assert np.isnan(attention_on_objects([regions], [np.ones(4)], [np.zeros((0, 4))])["top_k"])
 
 
 def test_boxes_feature_to_pixels():

@@ -118,6 +118,13 @@ def log_images(loggers: Logger | Iterable[Logger] | None, key: str, paths: list[
                      lambda lg=lg: lg.log_image(key=key, images=[str(p) for p in paths], step=step))
 
 
+def log_metrics(loggers: Logger | Iterable[Logger] | None, metrics: Mapping[str, float],
+                step: int | None = None) -> None:
+    """``log_metrics(metrics, step)`` on every logger (outside the LightningModule's ``self.log``)."""
+    for lg in _as_list(loggers):
+        _guarded("log_metrics", lg, lambda lg=lg: lg.log_metrics(dict(metrics), step=step))
+
+
 def log_hyperparams(loggers: Logger | Iterable[Logger] | None, params: dict | DictConfig) -> None:
     """``log_hyperparams(params)`` on every logger (a DictConfig is resolved to plain containers first)."""
     if isinstance(params, DictConfig):

@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_json
-from .callbacks.retrieval_eval import RetrievalEvaluation
+from .callbacks.attention_viz import AttentionVisualization
+from .callbacks.retrieval_eval import TEST_PREFIX, RetrievalEvaluation
 from .loggers import build_loggers, log_hyperparams
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,40 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "metrics": dict(sorted(metrics.items())),
     }
     if retrieval is not None:
+        # the test benchmarks' values also under their own names (retrieval/<test dataset>/<method>/...): the
+        # dataset names of validation and test are distinct, so nothing is overwritten
+        results["metrics"] = dict(sorted({**metrics, **{k.removeprefix(TEST_PREFIX): round(float(v), 4)
+                                                         for k, v in retrieval.test.items()}}.items()))
         results["test"] = {"checkpoint": tested_on, "metrics": dict(sorted(retrieval.test.items())),
                            "differences": retrieval.test_differences, "ci95": retrieval.intervals["test"]}
         results["overlap"] = retrieval.provenance
+    viz = next((c for c in callbacks if isinstance(c, AttentionVisualization) and c.summary), None)
+    if viz is not None:
+        results["attention"] = viz.summary
     if trainer.is_global_zero:
         atomic_json(results, out_dir / "results.json")
+        print(outputs_summary(results, out_dir), flush=True)
     log.info("training done: best %s = %s (%s)", results["monitor"], results["monitor_value"],
              results["best_checkpoint"])
     return results
+
+
+def outputs_summary(results: dict[str, Any], out_dir: Path) -> str:
+    """Where a run's table, pictures and checkpoints are (printed last)."""
+    lines = [f"run folder: {out_dir}", f"  results.json     metrics, test table with intervals and paired differences"
+             f" ({'test' if results.get('test', {}).get('metrics') else 'no test benchmarks'}), overlap checks"]
+    if (out_dir / "retrieval.json").exists():
+        lines.append("  retrieval.json   every validation table (by epoch) and the test table")
+    att = results.get("attention") or {}
+    if att.get("picture"):
+        rec = att.get("regions_on_objects")
+        on = "" if not rec else (f": top-{rec['k']} regions on an object {100 * rec['top_k']:.0f}% "
+                                 f"(chance / Φ ≡ 1: {100 * rec['chance']:.0f}%)")
+        lines.append(f"  {Path(att['picture']).relative_to(out_dir)}  attention of {att.get('checkpoint')}{on}")
+    plots = sorted(p.name for p in (out_dir / "plots").glob("*.png") if "_epoch" not in p.name) \
+        if (out_dir / "plots").is_dir() else []
+    if plots:
+        lines.append(f"  plots/           {', '.join(plots)} (and per-epoch copies)")
+    if results.get("best_checkpoint"):
+        lines.append(f"  checkpoints/     best.ckpt (chosen on {results.get('monitor')}), last.ckpt")
+    return "\n".join(lines)

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.patches import Rectangle
+from torchvision.ops import box_area, box_iou
 
 from .atomic import atomic_write
 from .viz import plt  # importing viz selects the Agg backend
@@ -46,6 +48,40 @@ def boxes_feature_to_pixels(boxes_yxhw: np.ndarray, stride: int, image_hw: tuple
     return np.stack([x1, y1, x2, y2], axis=1).astype(np.int64)
 
 
+def on_objects(regions: np.ndarray, objects: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
+    """Whether each region ``R×4`` lies on one of the ``objects`` ``M×4`` (both ``[x1, y1, x2, y2]`` pixels):
+    their intersection covers at least ``min_overlap`` of the smaller of the two boxes (the region mostly on
+    the object, or the object mostly inside the region). Returns an ``R`` bool array (all false without objects)."""
+    r = torch.as_tensor(np.asarray(regions, dtype=np.float64).reshape(-1, 4))
+    o = torch.as_tensor(np.asarray(objects, dtype=np.float64).reshape(-1, 4))
+    if len(r) == 0 or len(o) == 0:
+        return np.zeros(len(r), dtype=bool)
+    iou = box_iou(r, o)
+    a, b = box_area(r)[:, None], box_area(o)[None, :]
+    inter = iou * (a + b) / (1 + iou)  # from IoU = I / (a + b - I)
+    return ((inter / torch.minimum(a, b).clamp(min=1e-12)) >= min_overlap).any(dim=1).numpy()
+
+
+def attention_on_objects(boxes: Sequence[np.ndarray], weights: Sequence[np.ndarray], objects: Sequence[np.ndarray],
+                         k: int = 5, min_overlap: float = 0.5) -> dict[str, float | int]:
+    """How often the top-``k`` attended regions lie on an object (:func:`on_objects`), against chance.
+
+    Per image: the fraction of its top-``k`` regions on an object, and the fraction of all its regions on one
+    (what the top ``k`` of ``Φ ≡ 1``, i.e. of a random order, gives in expectation); both averaged over the images
+    that have objects. Returns ``{"top_k", "chance", "k", "images", "min_overlap"}``."""
+    top, chance = [], []
+    for b, w, o in zip(boxes, weights, objects):
+        if len(o) == 0:
+            continue
+        hit = on_objects(b, o, min_overlap)
+        t = top_regions(w, k)
+        top.append(float(hit[t].mean()) if len(t) else 0.0)
+        chance.append(float(hit.mean()) if len(hit) else 0.0)
+    n = len(top)
+    return {"top_k": float(np.mean(top)) if n else float("nan"), "chance": float(np.mean(chance)) if n else
+            float("nan"), "k": int(k), "images": n, "min_overlap": float(min_overlap)}
+
+
 def _save_png(fig, path: str | Path) -> Path:
     """Render ``fig`` to PNG in memory, write it atomically (creating the parent folder), close the figure."""
     path = Path(path)
@@ -59,12 +95,14 @@ def _save_png(fig, path: str | Path) -> Path:
 
 
 def save_attention_regions(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], weights: Sequence[np.ndarray],
-                           path: str | Path, k: int = 5, titles: Sequence[str] | None = None) -> Path:
+                           path: str | Path, k: int = 5, titles: Sequence[str] | None = None,
+                           objects: Sequence[np.ndarray] | None = None, caption: str = "") -> Path:
     """A grid (at most 4 columns) of images, each with its top-``k`` regions by attention weight in red.
 
     ``images[i]`` is ``H×W×3`` uint8, ``boxes[i]`` is ``R×4`` ``[x1, y1, x2, y2]`` in that image's pixels and
     ``weights[i]`` its ``R`` non-negative weights. Rank 1 is drawn thickest and most opaque; each box carries
-    a small "rank: weight" label. Returns ``path``.
+    a small "rank: weight" label. ``objects[i]``: boxes of the objects known to be in image ``i`` (same
+    pixels), drawn dashed in green; ``caption``: a line under the grid. Returns ``path``.
     """
     n = len(images)
     if not (len(boxes) == len(weights) == n):
@@ -87,6 +125,9 @@ def save_attention_regions(images: Sequence[np.ndarray], boxes: Sequence[np.ndar
         if len(b) != len(w):
             raise ValueError(f"image {i}: {len(b)} boxes but {len(w)} weights")
         ax.imshow(img)
+        for x1, y1, x2, y2 in np.asarray(objects[i] if objects is not None else [], dtype=np.float64).reshape(-1, 4):
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=1.2,
+                                   linestyle="--"))
         top = top_regions(w, k)
         kk = max(len(top), 1)
         # Draw the lowest rank first so that rank 1 ends up on top.
@@ -105,7 +146,9 @@ def save_attention_regions(images: Sequence[np.ndarray], boxes: Sequence[np.ndar
         ax.set_yticks([])
         title = titles[i] if titles is not None else f"image {i}"
         ax.set_title(f"{title} (top {len(top)})", fontsize=8)
-    fig.tight_layout()
+    if caption:
+        fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))
     return _save_png(fig, path)
 
 

@@ -32,6 +32,9 @@ class RetrievalDataset:
         sources: what generated images were built from (background files, object source images, procedural
             generator identities), read from a cut-and-paste benchmark's ground truth; empty for real datasets.
             Content checks (:mod:`.provenance`) count them as part of the dataset.
+        object_boxes: per database image index, the ``[x1, y1, x2, y2]`` boxes (stored-image pixels, exclusive
+            ends) of the objects a cut-and-paste benchmark pasted there (query objects and distractor objects);
+            empty for real datasets, which do not record them.
     """
 
     name: str
@@ -43,6 +46,7 @@ class RetrievalDataset:
     root: Path | None = None
     skipped: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    object_boxes: dict[int, list[list[float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.query_paths) != len(self.gnd):

@@ -74,8 +74,24 @@ def load_revisited(root: PathLike, name: str, ext: str = ".jpg", check_images: b
         check_files_exist(db_paths + query_paths, jpg_dir, fix)
     return RetrievalDataset(
         name=name, db_paths=db_paths, query_paths=query_paths, query_bbx=list(bbxs), gnd=gnd,
-        protocol="revisited", root=ds_dir, sources=generation_sources(raw),
+        protocol="revisited", root=ds_dir, sources=generation_sources(raw), object_boxes=pasted_boxes(raw, imlist),
     )
+
+
+def pasted_boxes(raw: Mapping[str, Any], imlist: Sequence[str]) -> dict[int, list[list[float]]]:
+    """Database index -> boxes of the objects pasted on that image (the ``pastes`` records of a cut-and-paste
+    benchmark, visible ones only); empty for other datasets."""
+    pastes = raw.get("pastes") if isinstance(raw, Mapping) else None
+    if not isinstance(pastes, Mapping):
+        return {}
+    index = {name: i for i, name in enumerate(imlist)}
+    out: dict[int, list[list[float]]] = {}
+    for name, records in pastes.items():
+        boxes = [[float(v) for v in r["box"]] for r in records if isinstance(r, Mapping)
+                 and r.get("box") is not None and float(r.get("visible", 1.0)) > 0]
+        if boxes and name in index:
+            out[index[name]] = boxes
+    return out
 
 
 def generation_sources(raw: Mapping[str, Any]) -> list[str]:

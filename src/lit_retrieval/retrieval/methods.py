@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .. import pooling
 from ..backbones import Backbone
+from ..data.features import is_map
 
 METHODS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,7 +31,9 @@ def build_method(name: str, backbone: Backbone, **params: Any) -> nn.Module:
 
 
 class GlobalPooling(nn.Module):
-    """Frozen backbone -> global pooling (mac, spoc, gem, crow, rmac) -> L2."""
+    """Frozen backbone -> global pooling (mac, spoc, gem, crow, rmac) -> L2. The input may also be the backbone's
+    maps of the images (``takes_maps``: the training callback pools the maps it holds instead of re-running the
+    backbone; the same numbers)."""
 
     def __init__(self, backbone: Backbone, pooling_name: str, learned: dict[str, Any] | None = None,
                  learned_key: dict[str, Any] | None = None, **params: Any):
@@ -43,8 +46,13 @@ class GlobalPooling(nn.Module):
         self.learned, self.learned_key = dict(learned or {}), dict(learned_key or {})
         self.power = float(params["p"]) if pooling_name == "gem" else 1.0
 
+    @property
+    def takes_maps(self) -> bool:
+        """Whether the descriptor of a map equals that of its image (Kim & Yoon's pixel grid needs the image size)."""
+        return not (self.pooling_name == "rmac" and self.params.get("variant") == "kimyoon")
+
     def forward(self, x: Tensor) -> Tensor:
-        fmap = self.backbone(x)
+        fmap = x if is_map(x, self.backbone.out_channels) else self.backbone(x)
         params = {**self.params, **self.learned}
         if self.pooling_name == "rmac" and params.get("variant") == "kimyoon":
             params.update(image_hw=tuple(x.shape[-2:]), stride=self.backbone.stride)
