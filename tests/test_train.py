@@ -40,9 +40,14 @@ def _attention(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if k.startswith("net.attention.")}
 
 
-def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test):
+def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test, capsys):
     out = tmp_path / "run"
     res = train(_cfg(out, _overrides(tmp_path, tiny, test=tiny_test)))
+    # the run ends with the test table and where its results and pictures are
+    printed = capsys.readouterr().out
+    end = printed[printed.rindex("retrieval evaluation, test (selected checkpoint)"):]
+    assert "tinytest/regional_attention - gem" in end and f"run folder: {out}" in end
+    assert "plots/attention_regions_final.png" in end and end.rstrip().splitlines()[-1].startswith("  checkpoints/")
     assert res["global_step"] == 9 and res["epochs"] == 3  # 12 images, batches of 4
     assert Path(res["best_checkpoint"]) == out / "checkpoints" / "best.ckpt"
     assert (out / "checkpoints" / "last.ckpt").is_file()

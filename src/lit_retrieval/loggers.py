@@ -47,6 +47,13 @@ def _close(logger: Any) -> None:
         log.debug("closing %s failed: %s", type(logger).__name__, e)
 
 
+def finish_loggers(loggers: Logger | Iterable[Logger] | None) -> None:
+    """Close a started wandb run once the run's results are written (Lightning finalizes the others; guarded)."""
+    for lg in _as_list(loggers):
+        if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
+            _guarded("finish", lg, lambda lg=lg: lg._experiment.finish())
+
+
 def build_loggers(cfg: DictConfig | Mapping | None) -> list[Logger]:
     """Instantiate every logger in ``cfg`` (name -> Hydra config with ``_target_``); skip, with a warning, any that fails.
 

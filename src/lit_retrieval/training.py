@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .atomic import atomic_json
 from .callbacks.attention_viz import AttentionVisualization
 from .callbacks.retrieval_eval import TEST_PREFIX, RetrievalEvaluation
-from .loggers import build_loggers, log_hyperparams
+from .loggers import build_loggers, finish_loggers, log_hyperparams
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["attention"] = viz.summary
     if trainer.is_global_zero:
         atomic_json(results, out_dir / "results.json")
-        print(outputs_summary(results, out_dir), flush=True)
     log.info("training done: best %s = %s (%s)", results["monitor"], results["monitor_value"],
              results["best_checkpoint"])
+    finish_loggers(loggers)  # (wandb prints its own closing lines: before the summary, not after it)
+    if trainer.is_global_zero:
+        table = retrieval.test_table if retrieval is not None else ""
+        print("\n" + (table + "\n" if table else "") + outputs_summary(results, out_dir), flush=True)
     return results
 
 
@@ -133,5 +136,6 @@ def outputs_summary(results: dict[str, Any], out_dir: Path) -> str:
     if plots:
         lines.append(f"  plots/           {', '.join(plots)} (and per-epoch copies)")
     if results.get("best_checkpoint"):
-        lines.append(f"  checkpoints/     best.ckpt (chosen on {results.get('monitor')}), last.ckpt")
+        last = ", last.ckpt" if results.get("last_checkpoint") else ""
+        lines.append(f"  checkpoints/     best.ckpt (chosen on {results.get('monitor')}){last}")
     return "\n".join(lines)

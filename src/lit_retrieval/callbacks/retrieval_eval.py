@@ -13,8 +13,8 @@ folder; ``ModelCheckpoint(monitor=...)`` keeps the best checkpoint by any of the
 
 Validation and test are separate: ``datasets`` are the *validation* benchmarks (the only ones ``monitor`` and
 ``best.ckpt`` may use); ``test_datasets`` are evaluated once, when training ends, on the selected checkpoint
-(``train.py`` runs ``trainer.validate(ckpt_path=best)``), logged as ``test/retrieval/...`` and never seen by the
-selection. Each table also gives the paired bootstrap interval (over queries) of every learned method's mAP minus
+(``train.py`` runs ``trainer.validate(ckpt_path=best)`` and prints their table last), logged as
+``test/retrieval/...`` and never seen by the selection. Each table also gives the paired bootstrap interval (over queries) of every learned method's mAP minus
 every reference's on the same queries. Before the first training step the training data (``datamodule.content()``)
 and the module's learned sets (``learned_content()``, e.g. its whitening set) are checked against every benchmark
 by image content, and validation against test: an overlap with a test benchmark stops the run, naming the files,
@@ -119,6 +119,7 @@ class RetrievalEvaluation(pl.Callback):
         self.history: list[dict[str, Any]] = []
         self.test: dict[str, float] = {}
         self.test_differences: dict[str, Any] = {}
+        self.test_table = ""
         # "<dataset>/<method>" -> protocol -> 95% bootstrap interval of its mAP, of the last evaluation of each kind
         self.intervals: dict[str, dict[str, dict[str, list]]] = {"val": {}, "test": {}}
         self.provenance: dict[str, Any] = {}
@@ -154,10 +155,9 @@ class RetrievalEvaluation(pl.Callback):
             if self.test_cfgs:
                 self.test, self.test_differences = self.evaluate(trainer, pl_module, self.test_cfgs, TEST_PREFIX)
                 pl_module.log_dict(self.test, sync_dist=False)
+                self.test_table = self.table(self.test, "test (selected checkpoint)", self.test_differences,
+                                             self.intervals["test"])  # printed last by train.py
                 if trainer.is_global_zero:
-                    print("\n" + self.table(self.test, "test (selected checkpoint)", self.test_differences,
-                                             self.intervals["test"]),
-                          flush=True)
                     self._write(trainer)
             return
         if not self.dataset_cfgs:
