@@ -28,7 +28,7 @@ import torch
 from _timing import load_note, markdown_table, median_time, set_threads
 from lit_retrieval.backbones import build_backbone
 from lit_retrieval.data.images import load_for_retrieval
-from lit_retrieval.evaluate import loader_workers
+from lit_retrieval.retrieval.extractor import loader_workers
 from lit_retrieval.retrieval import ImageItem, build_method, extract
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-samples"

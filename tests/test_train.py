@@ -115,7 +115,7 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test
 
     # the region scale S is part of the descriptor cache key (it once collided with eval's multi-scale `scales`)
     from lit_retrieval.backbones import build_backbone
-    from lit_retrieval.evaluate import DescriptorExtractor
+    from lit_retrieval.retrieval.extractor import DescriptorExtractor
     from lit_retrieval.retrieval import build_method
 
     bb = build_backbone("efficientnet_lite0", weights="imagenet")

@@ -1,8 +1,11 @@
-"""The evaluation run behind ``eval.py``: descriptors -> (whitening) -> search -> (QE) -> metrics -> outputs.
+"""The evaluation run behind ``eval.py``: the method's retriever ranks the dataset -> metrics -> outputs.
 
-Everything a reader of the results looks at is written to the run directory: ``results.json`` (mAP and mP@k
-in percent), ``pr_curve.png`` and ``topk.png`` (top-10 results of a few queries, positives/negatives/junk
-marked), and the learned whitening (``whitening.npz``).
+The method is whatever :func:`~lit_retrieval.retrieval.interface.build_retriever` gives for ``method.name`` (this
+module names none): it checks its settings, ranks (:class:`~lit_retrieval.retrieval.interface.Rankings`) and draws
+its own pictures. Everything a reader of the results looks at is written to the run directory: ``results.json``
+(mAP and mP@k in percent, with intervals, the method's stages and sections), ``pr_curve.png`` and ``topk.png``
+(top-10 results of a few queries, positives/negatives/junk marked), the method's pictures, and a learned
+whitening (``whitening.npz``).
 """
 from __future__ import annotations
 
@@ -16,136 +19,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import pooling
 from .atomic import atomic_json, strict_json
-from .backbones import Backbone, build_backbone
-from .backbones.weights import weights_identity
-from .data import RetrievalDataset, load_dataset, whitening_pairs
+from .backbones import build_backbone
+from .data import RetrievalDataset, load_dataset
 from .data.errors import GroundTruthError
-from .data.provenance import ContentSet, LearnedSets, is_transductive, item_keys, set_cache_dir
+from .data.provenance import ContentSet, LearnedSets, set_cache_dir
 from .models.checkpoint import training_content
 from .options import check_eval_options
 from .metrics import (REVISITED_PROTOCOLS, compare, evaluate_ranks, format_ci, format_diff, revisited_protocol,
                       uncertainty)
-from .regions import rmac_grid
-from .retrieval import DescriptorCache, build_method, dataset_items, expand_queries, extract, search
-from .rerank.pipeline import check_config as check_rerank_config
-from .salient.pipeline import check_config as check_salient_config, run_salient
-from .localsim.pipeline import check_config as check_local_config, run_local
-from .d2r.pipeline import check_config as check_d2r_config, run_d2r
-from .retrieval.regional import collect_regional_vectors, learn_regional_whitening
+from .retrieval.interface import PictureContext, Rankings, Retriever, build_retriever
 from .viz import pr_curve, save_pr_curves, save_topk_grid
-from .whitening import Whitening
 
 log = logging.getLogger(__name__)
-
-
-def loader_workers(setting: int | str, device: str) -> int:
-    """``auto``: no loader process on CPU, 2 on an accelerator.
-
-    On CPU a forked loader slows the network's forward pass itself (copy-on-write page faults in the main
-    process: +60-80% per image, benchmarks/extraction_overhead.py), far more than loading in-line (~5%)."""
-    if setting == "auto":
-        return 0 if str(device).startswith("cpu") else 2
-    return int(setting)
-
-
-class DescriptorExtractor:
-    """Extracts (and caches) the descriptors of a dataset's database and queries for one method."""
-
-    def __init__(self, cfg: DictConfig, backbone: Backbone, method: torch.nn.Module):
-        self.cfg, self.backbone, self.method = cfg, backbone, method
-        self.base_key = {
-            "backbone": cfg.backbone.name,
-            "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed)),
-            "method": method.cache_key(),  # nested: a method's own keys (e.g. its region scales S) never
-            "image_size": cfg.image_size,  # collide with the extraction's (e.g. the multi-scale ``scales``)
-            "scales": [float(s) for s in cfg.scales],
-            "exif_transpose": bool(cfg.exif_transpose),
-            "version": 3,  # 3: images keyed by content
-        }
-
-    def __call__(self, dataset: RetrievalDataset, part: str) -> tuple[np.ndarray, list[int]]:
-        items = dataset_items(dataset, part)
-        cache = None
-        if self.cfg.cache.enabled:
-            key = {**self.base_key, "dataset": dataset.name, "root": str(dataset.root), "part": part,
-                   "items": item_keys(items)}
-            cache = DescriptorCache(self.cfg.cache.dir, key)
-        return extract(items, self.method, self.backbone.normalize, self.cfg.image_size,
-                       scales=[float(s) for s in self.cfg.scales], power=self.method.power, cache=cache,
-                       num_workers=loader_workers(self.cfg.num_workers, self.cfg.device),
-                       skip_bad=bool(self.cfg.skip_bad_images),
-                       exif_transpose=bool(self.cfg.exif_transpose), desc=f"{dataset.name}/{part}",
-                       device=self.cfg.device)
-
-
-def whitening_set(cfg: DictConfig, learned: LearnedSets) -> tuple[RetrievalDataset | None, dict[str, Any]]:
-    """The dataset ``cfg.whitening`` is learned on (``None``: the evaluated database, transductive) and its record,
-    checked by content against the evaluated images before any descriptor is extracted."""
-    wcfg = cfg.whitening
-    if wcfg.kind == "none":
-        return None, {"kind": "none"}
-    head = {"kind": str(wcfg.kind), "dims": wcfg.dims}
-    if is_transductive(wcfg.dataset):
-        if wcfg.kind == "lw":
-            raise ValueError("whitening=lw learns from the matching pairs of another dataset's ground truth: set "
-                             "whitening.dataset to a training dataset (learning it on the evaluated one is cheating)")
-        return None, {**head, **learned.transductive("whitening", "whitening.dataset")}
-    wdata = load_dataset(wcfg.dataset)
-    return wdata, {**head, **learned.check_dataset("whitening", wdata, "whitening.dataset",
-                                                   parts=("db",) if wcfg.kind == "pca" else ("db", "query"))}
-
-
-def learn_whitening(cfg: DictConfig, db_desc: np.ndarray, extractor: DescriptorExtractor,
-                    wdata: RetrievalDataset | None) -> Whitening | None:
-    """Learn PCA (database descriptors) or Lw (query/positive pairs) whitening on ``wdata`` (from
-    :func:`whitening_set`; ``None``: PCA on the evaluated database ``db_desc``)."""
-    wcfg = cfg.whitening
-    if wcfg.kind == "none":
-        return None
-    if wdata is None:
-        log.info("learning %s whitening on the evaluated database (%d images: transductive)", wcfg.kind, len(db_desc))
-        return Whitening.learn(db_desc, "pca", dims=wcfg.dims)
-    X, _ = extractor(wdata, "db")
-    if wcfg.kind == "pca":
-        log.info("learning PCA whitening on %s (%d images)", wdata.name, len(X))
-        return Whitening.learn(X, "pca", dims=wcfg.dims)
-    Q, _ = extractor(wdata, "query")
-    qi, pi = whitening_pairs(wdata)
-    log.info("learning Lw whitening on %s (%d pairs)", wdata.name, len(qi))
-    return Whitening.learn(np.concatenate([X, Q]), "lw", pairs=(len(X) + qi, pi), dims=wcfg.dims)
-
-
-def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int,
-                           learned: LearnedSets | None = None) -> tuple[Whitening, dict[str, Any]]:
-    """PCA-whitening of L2-normalised R-MAC regional vectors of ``method.region_whitening.dataset``'s database
-    (Tolias et al.: learned on another dataset than the evaluated one, checked by content when ``learned`` is
-    given). Returns it and its cache-key entry."""
-    data = load_dataset(cfg.method.region_whitening.dataset)
-    if learned is not None:
-        learned.check_dataset("region_whitening", data, "method.region_whitening.dataset")
-
-    def vectors(x: torch.Tensor) -> torch.Tensor:
-        fmap = backbone(x)
-        return pooling.l2n(pooling.region_max(fmap, rmac_grid(fmap.shape[-2], fmap.shape[-1], L)))
-
-    X = collect_regional_vectors(data.db_paths, vectors, backbone.normalize, cfg.image_size, cfg.device,
-                                 desc=f"{data.name}/region-whitening")
-    dims = cfg.method.region_whitening.get("dims")
-    key = {"region_whitening": {"dataset": data.name, "root": str(data.root), "n": data.n_db, "dims": dims}}
-    white = learn_regional_whitening(X, dims, data.name, "learn it on a larger method.region_whitening.dataset or "
-                                     "reduce with method.region_whitening.dims")
-    return white, key
-
-
-def check_method_learned(method: torch.nn.Module, learned: LearnedSets, allow_overlap: bool = False) -> None:
-    """A trained method (e.g. regional attention from its checkpoint) says what its learned parts saw
-    (``learned_content()``: component -> ContentSet); each is checked against the evaluated images (refused, or
-    warned with ``allow_overlap``)."""
-    for component, content in getattr(method, "learned_content", lambda: {})().items():
-        learned.check(component, content, "the checkpoint's training configuration (retrain with a set disjoint "
-                      "from the evaluated one)", transductive=allow_overlap, opt_in="allow_overlap=true")
 
 
 CHECKPOINT_OPTIONS = {"training_data": "ckpt_path", "detector_training_data": "detector.ckpt_path"}
@@ -206,84 +92,6 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _run_global(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, out_dir: Path,
-                t0: float, learned: LearnedSets) -> dict[str, Any]:
-    """Global-descriptor methods: extract -> (whitening) -> search -> (QE) -> (AML re-ranking)."""
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k not in ("name", "region_whitening")}
-    if cfg.method.name == "rmac" and cfg.method.get("variant") == "tolias":
-        params["region_whitening"], params["region_whitening_key"] = learn_region_whitening(
-            cfg, backbone, int(cfg.method.L), learned)
-    if cfg.get("ckpt_path"):  # learned methods (e.g. method=regional_attention) read their checkpoint
-        params["ckpt_path"] = str(cfg.ckpt_path)
-    method = build_method(cfg.method.name, backbone, **params).to(cfg.device).eval()
-    check_method_learned(method, learned, bool(cfg.get("allow_overlap", False)))
-    wdata, whitening = whitening_set(cfg, learned)  # checked before any work
-    extractor = DescriptorExtractor(cfg, backbone, method)
-    db, db_skipped = extractor(dataset, "db")
-    q, q_skipped = extractor(dataset, "query")
-    t_extract = time.perf_counter() - t0
-
-    white = learn_whitening(cfg, db, extractor, wdata)
-    if white is not None:
-        white.save(out_dir / "whitening.npz")
-        db, q = white(db), white(q)
-        db[db_skipped], q[q_skipped] = 0, 0  # unreadable images stay zero (they rank by similarity 0)
-
-    t1 = time.perf_counter()
-    k = None if cfg.topk is None else int(cfg.topk)
-    scores, ranks = search(q, db, k=k)
-    if cfg.qe.kind in ("avg", "alpha"):
-        q = expand_queries(q, db, ranks, scores, k=int(cfg.qe.k), alpha=float(cfg.qe.alpha))
-        scores, ranks = search(q, db, k=k)
-    t_search = time.perf_counter() - t1
-
-    stages, rerank = {}, None
-    if cfg.rerank.kind == "aml":
-        from .rerank.pipeline import run_aml
-
-        rerank = run_aml(cfg, dataset, backbone, method,
-                         lambda m: DescriptorExtractor(cfg, backbone, m)(dataset, "query")[0], extractor.base_key,
-                         q, ranks, white, loader_workers(cfg.num_workers, cfg.device))
-        stages = {"initial": ranks, "aml": rerank["ranks_rerank"]}
-        if rerank["ranks_qe"] is not None:
-            stages["aml_qe"] = rerank["ranks_qe"]
-        ranks = list(stages.values())[-1]
-
-    return {"ranks": ranks, "stages": stages, "rerank": rerank, "db_skipped": db_skipped, "q_skipped": q_skipped,
-            "t_extract": t_extract, "t_search": t_search, "whitening": whitening}
-
-
-def _run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float,
-                 learned: LearnedSets) -> dict[str, Any]:
-    """``method=salient_regions`` (Jeong et al.): region proposals, region descriptors, region matching, (QE)."""
-    out = run_salient(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), learned)
-    d = out["described"]
-    return {"ranks": out["ranks"], "stages": out["stages"] if len(out["stages"]) > 1 else {},
-            "db_skipped": [i for i, p in enumerate(d.db_props) if p is None],
-            "q_skipped": [i for i, p in enumerate(d.q_props) if p is None],
-            "t_extract": time.perf_counter() - t0, "salient": out,
-            "t_search": out["info"]["time_s"]["search_per_query"] * dataset.n_queries}
-
-
-def _run_local(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float,
-               learned: LearnedSets) -> dict[str, Any]:
-    """``method=local_similarity`` (Chen et al.): R-MAC shortlist, localization subnet on feature grids, fusion."""
-    base_key = {"backbone": backbone.name, "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed))}
-    out = run_local(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key, learned)
-    info = out["info"]
-    return {**out, "local": out, "t_extract": info["time_s"]["describe"],
-            "t_search": time.perf_counter() - t0 - info["time_s"]["describe"]}
-
-
-def _run_d2r(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, t0: float,
-             learned: LearnedSets) -> dict[str, Any]:
-    """``method=d2r`` (Teichmann et al.): detected regions, aggregated match kernels, inverted-file search."""
-    base_key = {"backbone": backbone.name, "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed))}
-    out = run_d2r(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key, learned)
-    t_search = out["info"]["time_s"]["search"]
-    return {**out, "d2r": out, "t_extract": time.perf_counter() - t0 - t_search, "t_search": t_search}
-
-
 def check_has_positives(dataset: RetrievalDataset) -> None:
     """Refuse a ground truth in which no query has a positive: every mAP would be undefined."""
     keys = ("easy", "hard") if dataset.protocol == "revisited" else ("ok",)
@@ -308,9 +116,9 @@ def write_results(results: dict[str, Any], path: Path, extra: Path | None) -> No
 
 
 def save_pictures(cfg: DictConfig, dataset: RetrievalDataset, results: dict[str, Any], ranks_db_nq: np.ndarray,
-                  out_dir: Path, rerank: Any, salient: Any, local: Any, d2r: Any) -> None:
-    """The run's pictures. A picture that fails (an unreadable image, a full disk) is logged and skipped: the
-    results are already written, and a picture never fails the run."""
+                  out_dir: Path, retriever: Retriever, rankings: Rankings) -> None:
+    """The run's pictures: the PR curve, the top-k grid and the method's own. A picture that fails (an unreadable
+    image, a full disk) is logged and skipped: the results are already written, and a picture never fails the run."""
     def draw(name: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
@@ -326,26 +134,8 @@ def save_pictures(cfg: DictConfig, dataset: RetrievalDataset, results: dict[str,
     grid_gnd = gnds["medium" if dataset.protocol == "revisited" else "all"]
     draw("topk.png", save_topk_grid, ranks_db_nq, grid_gnd, dataset.db_paths, dataset.query_paths,
          dataset.query_bbx, out_dir / "topk.png", shown.tolist(), k=10)
-    if rerank is not None:
-        from .rerank.viz import save_localizations
-
-        draw("aml_localization.png", save_localizations, rerank, dataset, grid_gnd, shown.tolist(),
-             out_dir / "aml_localization.png", image_size=cfg.image_size)
-    if salient is not None:
-        from .salient.viz import save_region_matches
-
-        draw("salient_regions.png", save_region_matches, salient, dataset, grid_gnd, shown.tolist(),
-             out_dir / "salient_regions.png")
-    if local is not None:
-        from .localsim.viz import save_local_boxes
-
-        draw("local_boxes.png", save_local_boxes, local, dataset, grid_gnd, shown.tolist(),
-             out_dir / "local_boxes.png", mode=str(cfg.method.mode))
-    if d2r is not None and d2r["info"]["regions_per_image"] > 1:
-        from .d2r.viz import save_regions
-
-        draw("d2r_regions.png", save_regions, dataset, d2r["boxes"], d2r["box_scores"],
-             out_dir / "d2r_regions.png", image_size=int(cfg.image_size), title=d2r["info"]["variant"])
+    draw(f"the pictures of method={retriever.name}", retriever.pictures, cfg, rankings,
+         PictureContext(dataset, grid_gnd, shown.tolist(), out_dir, int(cfg.image_size), draw))
 
 
 def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -353,10 +143,8 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_eval_options(cfg)
-    check_rerank_config(cfg)
-    check_salient_config(cfg)
-    check_local_config(cfg)
-    check_d2r_config(cfg)
+    retriever = build_retriever(str(cfg.method.name))
+    retriever.check(cfg)  # the method's own settings, before any work
     torch.manual_seed(int(cfg.seed))
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
@@ -365,19 +153,10 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     check_checkpoint_training(cfg, learned)
     backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
     backbone.to(cfg.device)
-    if cfg.method.name == "salient_regions":
-        run = _run_salient(cfg, dataset, backbone, t0, learned)
-    elif cfg.method.name == "local_similarity":
-        run = _run_local(cfg, dataset, backbone, t0, learned)
-    elif cfg.method.name == "d2r":
-        run = _run_d2r(cfg, dataset, backbone, t0, learned)
-    else:
-        run = _run_global(cfg, dataset, backbone, out_dir, t0, learned)
-    ranks, stages, rerank, salient = run["ranks"], run["stages"], run.get("rerank"), run.get("salient")
-    local, d2r = run.get("local"), run.get("d2r")
-    db_skipped, q_skipped, t_extract, t_search = run["db_skipped"], run["q_skipped"], run["t_extract"], run["t_search"]
+    run = retriever.rank(cfg, dataset, backbone, learned, out_dir, t0)
+    stages, db_skipped, q_skipped = run.stages, run.db_skipped, run.q_skipped
 
-    ranks_db_nq = ranks.T  # revisitop layout: db × nq
+    ranks_db_nq = run.ranks.T  # revisitop layout: db × nq
     metrics = evaluate_ranks(ranks_db_nq, dataset.gnd, dataset.protocol)
     results = {
         "method": cfg.method.name,
@@ -387,7 +166,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "image_size": cfg.image_size,
         "scales": [float(s) for s in cfg.scales],
         "ckpt_path": cfg.get("ckpt_path"),
-        "whitening": run.get("whitening", {"kind": str(cfg.whitening.kind)}),
+        "whitening": run.whitening or {"kind": str(cfg.whitening.kind)},
         "qe": OmegaConf.to_container(cfg.qe),
         "protocol": dataset.protocol,
         "map": {p: round(float(m["map"]), 4) for p, m in metrics.items()},
@@ -398,16 +177,9 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "skipped_images": {"db": [str(dataset.db_paths[i]) for i in db_skipped],
                            "query": [str(dataset.query_paths[i]) for i in q_skipped],
                            "count": len(db_skipped) + len(q_skipped)},
-        "time_s": {"extract": round(t_extract, 3), "search_qe": round(t_search, 4)},
+        "time_s": {"extract": round(run.time_s["extract"], 3), "search_qe": round(run.time_s["search_qe"], 4)},
+        **run.info,  # the method's own sections (e.g. "rerank", "d2r")
     }
-    if rerank is not None:
-        results["rerank"] = rerank["info"]
-    if salient is not None:
-        results["salient_regions"] = salient["info"]
-    if local is not None:
-        results["local_similarity"] = local["info"]
-    if d2r is not None:
-        results["d2r"] = d2r["info"]
     results["learned"] = learned.records
     if stages:
         stage_metrics = {name: evaluate_ranks(r.T, dataset.gnd, dataset.protocol) for name, r in stages.items()}
@@ -422,6 +194,6 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                     results["skipped_images"]["count"])
     write_results(results, out_dir / "results.json", Path(cfg.results_file) if cfg.results_file else None)
     if cfg.plots.enabled:
-        save_pictures(cfg, dataset, results, ranks_db_nq, out_dir, rerank, salient, local, d2r)
+        save_pictures(cfg, dataset, results, ranks_db_nq, out_dir, retriever, run)
     print(format_table(results), flush=True)
     return results

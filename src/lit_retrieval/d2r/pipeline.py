@@ -30,6 +30,8 @@ from ..data import RetrievalDataset
 from ..data.synthetic.backgrounds import list_images
 from ..data.synthetic.benchmark import split_by_image
 from ..retrieval import dataset_items
+from ..retrieval.extractor import backbone_key, loader_workers
+from ..retrieval.interface import PictureContext, Rankings
 from ..retrieval.extract import ImageItem, image_loader
 from .boxes import rmac_boxes, select_boxes
 from ..data.provenance import LearnedSets, default_hasher
@@ -279,8 +281,6 @@ def rank_variants(enc: Encoded, queries: Mapping[str, list[Any]], s: Settings) -
 # ------------------------------------------------------------------------------------------------ eval.py
 def check_config(cfg: Any) -> None:
     """Fail before any work on settings that cannot run with ``method=d2r``."""
-    if cfg.method.name != "d2r":
-        return
     s = settings_from_eval(cfg)
     if s.regional and s.boxes == "detector" and not cfg.detector.ckpt_path:
         raise ValueError(f"method=d2r aggregation={s.aggregation} with detector boxes needs a trained detector: pass "
@@ -428,3 +428,30 @@ class D2RRanker:
                                  whole=whole)
         ranks, _ = rank_variants(enc, queries, self.s)
         return {self.names[n.split("/")[1]]: r for n, r in ranks.items()}
+
+
+class D2RRetriever:
+    """``method=d2r`` (Teichmann et al.) as ``eval.py`` runs it: detected regions, aggregated match kernels,
+    inverted-file search."""
+
+    def __init__(self, name: str = "d2r") -> None:
+        self.name = name
+
+    def check(self, cfg: Any) -> None:
+        check_config(cfg)
+
+    def rank(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
+             out_dir: Any, t0: float) -> Rankings:
+        base_key = backbone_key(cfg, backbone)
+        out = run_d2r(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key, learned)
+        t_search = out["info"]["time_s"]["search"]
+        return Rankings(out["ranks"], out["stages"], {"d2r": out["info"]}, out["db_skipped"], out["q_skipped"],
+                        {"extract": time.perf_counter() - t0 - t_search, "search_qe": t_search}, pictures=out)
+
+    def pictures(self, cfg: Any, rankings: Rankings, ctx: PictureContext) -> None:
+        out = rankings.pictures
+        if out["info"]["regions_per_image"] > 1:
+            from .viz import save_regions
+
+            ctx.draw("d2r_regions.png", save_regions, ctx.dataset, out["boxes"], out["box_scores"],
+                     ctx.out_dir / "d2r_regions.png", image_size=ctx.image_size, title=out["info"]["variant"])

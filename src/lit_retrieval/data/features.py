@@ -189,7 +189,7 @@ class FeatureStore:
         the same other fields."""
         if len(items) != len(self.chunks()[c]):
             raise ValueError(f"chunk {c} holds {len(self.chunks()[c])} items, got {len(items)}")
-        parts, offsets, shapes, start = [], {}, {}, 0
+        offsets, shapes, start = {}, {}, 0
         order = []  # maps in blob order: map-major, then item
         for m in self.maps:
             ends, shp = [start], []

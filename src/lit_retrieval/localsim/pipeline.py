@@ -25,6 +25,8 @@ from ..data import RetrievalDataset, load_dataset
 from ..data.provenance import LearnedSets, is_transductive, item_keys
 from ..models.local_similarity import LocalSimilarityNet, decode_boxes, tail_convs
 from ..retrieval import DescriptorCache, dataset_items, extract
+from ..retrieval.extractor import backbone_key, loader_workers
+from ..retrieval.interface import PictureContext, Rankings
 from .pq import GridQuantizer
 from .search import GalleryGrids, fused_ranks, local_scores, rmatch_scores, shortlist
 
@@ -243,8 +245,6 @@ def score(net: LocalSimilarityNet, db: Described, queries: Described, s: Setting
 
 def check_config(cfg: Any) -> None:
     """Fail before any work on settings that cannot run with ``method=local_similarity``."""
-    if cfg.method.name != "local_similarity":
-        return
     Settings.from_cfg(cfg.method)
     if not cfg.get("ckpt_path"):
         raise ValueError("method=local_similarity needs a trained localization subnet: pass ckpt_path=RUN/checkpoints/"
@@ -301,3 +301,29 @@ def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, nu
     order = [m for m in MODES if m != s.mode] + [s.mode]
     return {**out, "ranks": out["rankings"][s.mode], "stages": {m: out["rankings"][m] for m in order},
             "pq_train_paths": train_paths, "db_skipped": db.skipped, "q_skipped": q.skipped}
+
+
+class LocalSimilarityRetriever:
+    """``method=local_similarity`` (Chen et al.) as ``eval.py`` runs it: R-MAC shortlist, localization subnet on
+    feature grids, fusion with the global similarity."""
+
+    def __init__(self, name: str = "local_similarity") -> None:
+        self.name = name
+
+    def check(self, cfg: Any) -> None:
+        check_config(cfg)
+
+    def rank(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
+             out_dir: Any, t0: float) -> Rankings:
+        base_key = backbone_key(cfg, backbone)
+        out = run_local(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key, learned)
+        t_describe = out["info"]["time_s"]["describe"]
+        return Rankings(out["ranks"], out["stages"], {"local_similarity": out["info"]}, out["db_skipped"],
+                        out["q_skipped"], {"extract": t_describe, "search_qe": time.perf_counter() - t0 - t_describe},
+                        pictures=out)
+
+    def pictures(self, cfg: Any, rankings: Rankings, ctx: PictureContext) -> None:
+        from .viz import save_local_boxes
+
+        ctx.draw("local_boxes.png", save_local_boxes, rankings.pictures, ctx.dataset, ctx.gnd, ctx.shown,
+                 ctx.out_dir / "local_boxes.png", mode=str(cfg.method.mode))

@@ -2,7 +2,7 @@
 
 A method is an ``nn.Module`` whose ``forward`` maps *normalised* images ``N×3×H×W`` to ``N×D`` L2-normalised
 descriptors, with ``power`` (the exponent for multi-scale averaging) and ``cache_key()`` (everything besides the
-backbone that changes its output). Later issues register learned methods with ``@register_method(name)``.
+backbone that changes its output). Learned descriptors register the same way, with ``@register_method(name)``.
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def _rmac(backbone: Backbone, L: int = 3, variant: str = "cirtorch", region_whit
     another dataset (``eval.py`` learns it on ``method.region_whitening.dataset``)."""
     if variant == "tolias" and region_whitening is None:
         raise ValueError("rmac variant 'tolias' whitens every regional vector: pass region_whitening (learned on "
-                         "region vectors of another dataset, see lit_retrieval.evaluate.learn_region_whitening)")
+                         "region vectors of another dataset, see "
+                         "lit_retrieval.global_retriever.learn_region_whitening)")
     learned = {"region_whitening": region_whitening} if variant == "tolias" else None
     return GlobalPooling(backbone, "rmac", learned=learned, learned_key=region_whitening_key if learned else None,
                          L=int(L), variant=variant, **kw)

@@ -28,6 +28,8 @@ from ..backbones import Backbone
 from ..data import RetrievalDataset, load_dataset
 from ..data.provenance import LearnedSets, is_transductive
 from ..retrieval import ImageItem, dataset_items, image_loader, search
+from ..retrieval.extractor import loader_workers
+from ..retrieval.interface import PictureContext, Rankings
 from ..whitening import Whitening, pca_basis
 from .descriptors import DEFAULT_EIG_FLOOR, first_order, project_local, second_order
 from .keypoints import DEFAULT_N_MIN_FRACTION, hessian_affine_keypoints, salient_points
@@ -304,11 +306,6 @@ def describe_dataset(runner: SalientRegions, dataset: RetrievalDataset,
 
 def check_config(cfg: DictConfig) -> None:
     """Fail before any work on settings that cannot run with ``method=salient_regions``."""
-    if cfg.method.name != "salient_regions":
-        if cfg.qe.kind == "regional":
-            raise ValueError("qe=regional is the region-descriptor QE of method=salient_regions (eq. 8): use "
-                             "qe=avg|alpha with other methods")
-        return
     Settings.from_cfg(cfg.method)
     if cfg.qe.kind not in ("none", "regional"):
         raise ValueError(f"method=salient_regions expands queries with its own regional QE (eq. 8): use "
@@ -392,3 +389,30 @@ def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, 
     }
     return {"ranks": list(stages.values())[-1], "stages": stages, "info": info, "described": d, "scores": scores,
             "best": best}
+
+
+class SalientRetriever:
+    """``method=salient_regions`` (Jeong et al.) as ``eval.py`` runs it: region proposals, region descriptors,
+    region matching, (regional QE)."""
+
+    def __init__(self, name: str = "salient_regions") -> None:
+        self.name = name
+
+    def check(self, cfg: DictConfig) -> None:
+        check_config(cfg)
+
+    def rank(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, learned: LearnedSets,
+             out_dir: Any, t0: float) -> Rankings:
+        out = run_salient(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), learned)
+        d = out["described"]
+        return Rankings(out["ranks"], out["stages"] if len(out["stages"]) > 1 else {}, {"salient_regions": out["info"]},
+                        [i for i, p in enumerate(d.db_props) if p is None],
+                        [i for i, p in enumerate(d.q_props) if p is None],
+                        {"extract": time.perf_counter() - t0,
+                         "search_qe": out["info"]["time_s"]["search_per_query"] * dataset.n_queries}, pictures=out)
+
+    def pictures(self, cfg: DictConfig, rankings: Rankings, ctx: PictureContext) -> None:
+        from .viz import save_region_matches
+
+        ctx.draw("salient_regions.png", save_region_matches, rankings.pictures, ctx.dataset, ctx.gnd, ctx.shown,
+                 ctx.out_dir / "salient_regions.png")

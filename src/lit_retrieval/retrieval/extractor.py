@@ -1,0 +1,59 @@
+"""Descriptor extraction as ``eval.py`` runs it: one method's descriptors of a dataset's database or queries,
+cached on disk under everything that affects them (backbone and weights, method, image size, scales, images)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ..backbones import Backbone
+from ..backbones.weights import weights_identity
+from ..data import RetrievalDataset
+from ..data.provenance import item_keys
+from .cache import DescriptorCache
+from .extract import dataset_items, extract
+
+
+def loader_workers(setting: int | str, device: str) -> int:
+    """``auto``: no loader process on CPU, 2 on an accelerator.
+
+    On CPU a forked loader slows the network's forward pass itself (copy-on-write page faults in the main
+    process: +60-80% per image, benchmarks/extraction_overhead.py), far more than loading in-line (~5%)."""
+    if setting == "auto":
+        return 0 if str(device).startswith("cpu") else 2
+    return int(setting)
+
+
+def backbone_key(cfg: DictConfig, backbone: Backbone) -> dict[str, str]:
+    """What identifies a run's backbone in cache keys: its name and weights."""
+    return {"backbone": backbone.name, "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed))}
+
+
+class DescriptorExtractor:
+    """Extracts (and caches) the descriptors of a dataset's database and queries for one method."""
+
+    def __init__(self, cfg: DictConfig, backbone: Backbone, method: torch.nn.Module):
+        self.cfg, self.backbone, self.method = cfg, backbone, method
+        self.base_key = {
+            "backbone": cfg.backbone.name,
+            "weights": weights_identity(str(cfg.backbone.weights), int(cfg.seed)),
+            "method": method.cache_key(),  # nested: a method's own keys (e.g. its region scales S) never
+            "image_size": cfg.image_size,  # collide with the extraction's (e.g. the multi-scale ``scales``)
+            "scales": [float(s) for s in cfg.scales],
+            "exif_transpose": bool(cfg.exif_transpose),
+            "version": 3,  # 3: images keyed by content
+        }
+
+    def __call__(self, dataset: RetrievalDataset, part: str) -> tuple[np.ndarray, list[int]]:
+        items = dataset_items(dataset, part)
+        cache = None
+        if self.cfg.cache.enabled:
+            key = {**self.base_key, "dataset": dataset.name, "root": str(dataset.root), "part": part,
+                   "items": item_keys(items)}
+            cache = DescriptorCache(self.cfg.cache.dir, key)
+        return extract(items, self.method, self.backbone.normalize, self.cfg.image_size,
+                       scales=[float(s) for s in self.cfg.scales], power=self.method.power, cache=cache,
+                       num_workers=loader_workers(self.cfg.num_workers, self.cfg.device),
+                       skip_bad=bool(self.cfg.skip_bad_images),
+                       exif_transpose=bool(self.cfg.exif_transpose), desc=f"{dataset.name}/{part}",
+                       device=self.cfg.device)

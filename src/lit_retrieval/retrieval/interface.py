@@ -1,0 +1,122 @@
+"""One interface for every retrieval method ``eval.py`` runs: a :class:`Retriever` gives :class:`Rankings`.
+
+A retriever is built from the run's configuration by name (:func:`build_retriever`, ``method.name``); it checks
+the settings it needs before any work (:meth:`Retriever.check`, so nothing else validates them), ranks a
+dataset's database for each of its queries (:meth:`Retriever.rank`) and may draw its own pictures
+(:meth:`Retriever.pictures`). Everything the orchestrator reports — metrics, ``results.json``, the printed table,
+the generic pictures — reads the one :class:`Rankings` it returns, so the orchestrator names no method.
+
+Registering a method is one line in :data:`RETRIEVERS` (``name -> "module:attribute"``, imported on first use,
+so the engine never imports a paper's package), or :func:`register_retriever` at run time. Every name of the
+global-descriptor registry (:data:`lit_retrieval.retrieval.methods.METHODS`: mac, spoc, gem, crow, rmac and
+learned descriptors such as regional attention) runs through the global-descriptor retriever.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from .methods import METHODS
+
+# name -> "module:attribute" of a Retriever class; the global-descriptor methods are listed in METHODS
+RETRIEVERS: dict[str, str | type] = {
+    "salient_regions": "lit_retrieval.salient.pipeline:SalientRetriever",
+    "local_similarity": "lit_retrieval.localsim.pipeline:LocalSimilarityRetriever",
+    "d2r": "lit_retrieval.d2r.pipeline:D2RRetriever",
+}
+GLOBAL_RETRIEVER = "lit_retrieval.global_retriever:GlobalRetriever"
+
+
+@dataclass
+class Rankings:
+    """What a retriever returns for a dataset.
+
+    Attributes:
+        ranks: ``Nq×K`` database indices per query, best first (``K`` = the database size, or ``topk``).
+        stages: the rankings of the method's stages, its baseline first (``results.json`` ``stages`` and the paired
+            differences to that first stage); empty for a single-stage method.
+        info: the sections the method adds to ``results.json`` (``{"rerank": {...}}``, ``{"d2r": {...}}``).
+        db_skipped, q_skipped: database / query indices skipped as unreadable (``skip_bad_images=true``).
+        time_s: ``{"extract": ..., "search_qe": ...}`` seconds.
+        whitening: ``results.json`` ``whitening`` (kind and what it was learned on), ``None``: the configured kind.
+        pictures: what the method's own pictures need (passed back to :meth:`Retriever.pictures`).
+    """
+
+    ranks: np.ndarray
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    db_skipped: list[int] = field(default_factory=list)
+    q_skipped: list[int] = field(default_factory=list)
+    time_s: dict[str, float] = field(default_factory=dict)
+    whitening: dict[str, Any] | None = None
+    pictures: Any = None
+
+
+@dataclass
+class PictureContext:
+    """What a retriever's pictures get: the dataset, the medium (or only) protocol's ground truth, the queries
+    to show, the run folder, the image size and ``draw(file name, fn, *args)``, which never fails the run."""
+
+    dataset: Any
+    gnd: list[dict]
+    shown: list[int]
+    out_dir: Path
+    image_size: int
+    draw: Callable[..., None]
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """A retrieval method as ``eval.py`` runs it (see the module docstring)."""
+
+    name: str
+
+    def check(self, cfg: Any) -> None:
+        """Refuse, before any work, settings this method cannot run with (its own section and the run's options)."""
+
+    def rank(self, cfg: Any, dataset: Any, backbone: Any, learned: Any, out_dir: Path, t0: float) -> Rankings:
+        """Describe / index ``dataset``'s database and rank it for each query (``learned``: the run's
+        :class:`~lit_retrieval.data.provenance.LearnedSets`, which checks every set the method learns on)."""
+
+    def pictures(self, cfg: Any, rankings: Rankings, ctx: PictureContext) -> None:
+        """The method's own pictures (optional: the generic PR curve and top-k grid are drawn for every method)."""
+
+
+def register_retriever(name: str, retriever: str | type) -> None:
+    """Register a retriever class (or ``"module:attribute"``) under ``name`` (``eval.py method=<name>``)."""
+    RETRIEVERS[name] = retriever
+
+
+def method_names() -> list[str]:
+    """Every name ``eval.py method=...`` accepts."""
+    return sorted(set(METHODS) | set(RETRIEVERS))
+
+
+def _resolve(target: str | type) -> type:
+    if not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_retriever(name: str) -> Retriever:
+    """The retriever of ``method.name``: a registered one, or the global-descriptor retriever for a name of the
+    descriptor registry."""
+    if name in RETRIEVERS:
+        target = RETRIEVERS[name]
+    elif name in METHODS:
+        target = GLOBAL_RETRIEVER
+    else:
+        raise ValueError(f"unknown method {name!r}: choose one of {method_names()} (eval.py method=...)")
+    retriever = _resolve(target)(name)
+    if not isinstance(retriever, Retriever):
+        raise TypeError(f"the retriever registered as {name!r} ({target}) lacks check / rank / pictures")
+    return retriever
+
+
+__all__ = ["GLOBAL_RETRIEVER", "PictureContext", "RETRIEVERS", "Rankings", "Retriever", "build_retriever",
+           "method_names", "register_retriever"]
