@@ -30,8 +30,7 @@ from ..data import RetrievalDataset
 from ..data.synthetic.backgrounds import list_images
 from ..data.synthetic.benchmark import split_by_image
 from ..retrieval import dataset_items
-from ..retrieval.extractor import backbone_key, loader_workers
-from ..retrieval.interface import PictureContext, Rankings
+from ..retrieval.interface import PictureContext, PipelineRetriever, Rankings
 from ..retrieval.extract import ImageItem, image_loader
 from .boxes import rmac_boxes, select_boxes
 from ..data.provenance import LearnedSets, default_hasher
@@ -430,20 +429,16 @@ class D2RRanker:
         return {self.names[n.split("/")[1]]: r for n, r in ranks.items()}
 
 
-class D2RRetriever:
+class D2RRetriever(PipelineRetriever):
     """``method=d2r`` (Teichmann et al.) as ``eval.py`` runs it: detected regions, aggregated match kernels,
     inverted-file search."""
 
-    def __init__(self, name: str = "d2r") -> None:
-        self.name = name
-
-    def check(self, cfg: Any) -> None:
-        check_config(cfg)
+    check_config = staticmethod(check_config)
+    pipeline = staticmethod(run_d2r)
 
     def rank(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
              out_dir: Any, t0: float) -> Rankings:
-        base_key = backbone_key(cfg, backbone)
-        out = run_d2r(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key, learned)
+        out = self.run_pipeline(cfg, dataset, backbone, learned)
         t_search = out["info"]["time_s"]["search"]
         return Rankings(out["ranks"], out["stages"], {"d2r": out["info"]}, out["db_skipped"], out["q_skipped"],
                         {"extract": time.perf_counter() - t0 - t_search, "search_qe": t_search}, pictures=out)

@@ -25,8 +25,7 @@ from ..data import RetrievalDataset, load_dataset
 from ..data.provenance import LearnedSets, is_transductive, item_keys
 from ..models.local_similarity import LocalSimilarityNet, decode_boxes, tail_convs
 from ..retrieval import DescriptorCache, dataset_items, extract
-from ..retrieval.extractor import backbone_key, loader_workers
-from ..retrieval.interface import PictureContext, Rankings
+from ..retrieval.interface import PictureContext, PipelineRetriever, Rankings
 from .pq import GridQuantizer
 from .search import GalleryGrids, fused_ranks, local_scores, rmatch_scores, shortlist
 
@@ -303,20 +302,16 @@ def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, nu
             "pq_train_paths": train_paths, "db_skipped": db.skipped, "q_skipped": q.skipped}
 
 
-class LocalSimilarityRetriever:
+class LocalSimilarityRetriever(PipelineRetriever):
     """``method=local_similarity`` (Chen et al.) as ``eval.py`` runs it: R-MAC shortlist, localization subnet on
     feature grids, fusion with the global similarity."""
 
-    def __init__(self, name: str = "local_similarity") -> None:
-        self.name = name
-
-    def check(self, cfg: Any) -> None:
-        check_config(cfg)
+    check_config = staticmethod(check_config)
+    pipeline = staticmethod(run_local)
 
     def rank(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
              out_dir: Any, t0: float) -> Rankings:
-        base_key = backbone_key(cfg, backbone)
-        out = run_local(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), base_key, learned)
+        out = self.run_pipeline(cfg, dataset, backbone, learned)
         t_describe = out["info"]["time_s"]["describe"]
         return Rankings(out["ranks"], out["stages"], {"local_similarity": out["info"]}, out["db_skipped"],
                         out["q_skipped"], {"extract": t_describe, "search_qe": time.perf_counter() - t0 - t_describe},

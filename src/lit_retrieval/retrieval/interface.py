@@ -86,6 +86,30 @@ class Retriever(Protocol):
         """The method's own pictures (optional: the generic PR curve and top-k grid are drawn for every method)."""
 
 
+class PipelineRetriever:
+    """Base of the retrievers that wrap a paper's pipeline function: ``check_config(cfg)`` validates the method's
+    settings, ``pipeline(cfg, dataset, backbone, num_workers, base_key, learned)`` runs the method; subclasses turn
+    its output into :class:`Rankings` and draw its pictures."""
+
+    check_config: Callable[[Any], None]
+    pipeline: Callable[..., dict[str, Any]]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def check(self, cfg: Any) -> None:
+        type(self).check_config(cfg)
+
+    def run_pipeline(self, cfg: Any, dataset: Any, backbone: Any, learned: Any) -> dict[str, Any]:
+        from .extractor import backbone_key, loader_workers
+
+        return type(self).pipeline(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device),
+                                   backbone_key(cfg, backbone), learned)
+
+    def pictures(self, cfg: Any, rankings: Rankings, ctx: PictureContext) -> None:
+        """None by default."""
+
+
 def register_retriever(name: str, retriever: str | type) -> None:
     """Register a retriever class (or ``"module:attribute"``) under ``name`` (``eval.py method=<name>``)."""
     RETRIEVERS[name] = retriever
@@ -118,5 +142,5 @@ def build_retriever(name: str) -> Retriever:
     return retriever
 
 
-__all__ = ["GLOBAL_RETRIEVER", "PictureContext", "RETRIEVERS", "Rankings", "Retriever", "build_retriever",
+__all__ = ["GLOBAL_RETRIEVER", "PictureContext", "PipelineRetriever", "RETRIEVERS", "Rankings", "Retriever", "build_retriever",
            "method_names", "register_retriever"]
