@@ -19,6 +19,7 @@ demo: venv
 	$(PY) train.py experiment=quickstart
 
 test: venv
+	.venv/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-slow: venv

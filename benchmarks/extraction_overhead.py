@@ -2,8 +2,8 @@
 
 End-to-end = ``extract(items, method, backbone.normalize, image_size, num_workers=0, cache=None,
 progress=False)`` (eval.py's CPU default, ``num_workers=auto``: loading in-line; a forked loader process slows the
-forward pass itself through copy-on-write page faults, see the num_workers=1 and diagnostic rows). Bare = the same images
-loaded and resized beforehand (untimed), then only ``method(backbone.normalize(x[None]))`` (backbone + pooling)
+forward pass itself through copy-on-write page faults, see the num_workers=1 and diagnostic rows). Bare = the same
+images loaded and resized beforehand (untimed), then only ``method(backbone.normalize(x[None]))`` (backbone + pooling)
 under ``torch.inference_mode``. Passes are interleaved (bare, extract, bare, ...) and the median pass is kept.
 Prints images/s, the ratio and a per-image time breakdown; exits 1 if the ratio exceeds the target.
 

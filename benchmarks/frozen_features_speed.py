@@ -19,11 +19,12 @@ temporary folder (``--pool`` items).
   experiment's heads (``experiment=landmark_detector_shared``).
 
 Target: at least 20× fewer seconds per step cached for the attention and the localization subnet (the detector's
-RoI heads cost more than its trunk, so caching cannot reach that there: its ratio is reported, not checked). Prints markdown tables; ``--json OUT`` writes the numbers;
+RoI heads cost more than its trunk, so caching cannot reach that there: its ratio is reported, not checked). Prints
+markdown tables; ``--json OUT`` writes the numbers;
 exits 1 when a target is missed (``--no-check``: 0).
 
     .venv/bin/python benchmarks/frozen_features_speed.py
-    .venv/bin/python benchmarks/frozen_features_speed.py --repeats 2 --pairs 4 --crops 2 --pool 4 --boxes 2   # smoke run
+    .venv/bin/python benchmarks/frozen_features_speed.py --repeats 2 --pairs 4 --crops 2 --pool 4 --boxes 2  # smoke
 """
 from __future__ import annotations
 

@@ -116,7 +116,8 @@ def test_sampler() -> None:
     assert list(SeededShuffleSampler(10, shuffle=False)) == list(range(10))
 
     shards = [list(SeededShuffleSampler(10, seed=0, rank=r, world_size=3)) for r in range(3)]
-    assert [len(x) for x in shards] == [4, 4, 4] == [len(SeededShuffleSampler(10, rank=r, world_size=3)) for r in range(3)]
+    lengths = [len(SeededShuffleSampler(10, rank=r, world_size=3)) for r in range(3)]
+    assert [len(x) for x in shards] == [4, 4, 4] == lengths
     assert {i for shard in shards for i in shard} == set(range(10))
     assert [shards[r][k] for k in range(3) for r in range(3)] + [shards[0][3]] == first  # perm[rank::world]
     val_shards = [list(SeededShuffleSampler(5, shuffle=False, rank=r, world_size=2)) for r in range(2)]

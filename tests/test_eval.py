@@ -79,7 +79,8 @@ def test_eval_whitening_qe_and_cache_reuse(tiny, tmp_path):
     n_cached = tiny_chunks()
     r2 = run_eval(eval_cfg(tmp_path, "method=mac", "whitening=pca", "qe=avg", *base), tmp_path / "b")
     assert tiny_chunks() == n_cached  # reused
-    assert (tmp_path / "b" / "whitening.npz").exists() and r2["whitening"]["kind"] == "pca" and r2["qe"]["kind"] == "avg"
+    assert (tmp_path / "b" / "whitening.npz").exists()
+    assert r2["whitening"]["kind"] == "pca" and r2["qe"]["kind"] == "avg"
     assert r1["map"] != r2["map"]
     r3 = run_eval(eval_cfg(tmp_path, "method=mac", "image_size=160", *base[:-2], "plots.enabled=false"), tmp_path / "c")
     assert tiny_chunks() > n_cached  # new key

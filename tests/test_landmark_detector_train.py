@@ -27,7 +27,8 @@ def _train_cfg(root: Path, tiny: Path, out: Path, *extra: str):
                  "model.retrieval.K=32", "model.retrieval.codebook_images=8", "model.retrieval.codebook_per_image=50",
                  "model.retrieval.scales=[1.0]", "model.retrieval.dim=16", "~callbacks.retrieval_eval.datasets",
                  f"+callbacks.retrieval_eval.datasets={{tiny: {bench}}}",
-            "~callbacks.retrieval_eval.test_datasets", "+callbacks.retrieval_eval.test_datasets={}", *extra, f"paths.output_dir={out}"]
+            "~callbacks.retrieval_eval.test_datasets", "+callbacks.retrieval_eval.test_datasets={}", *extra,
+            f"paths.output_dir={out}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides)
 

@@ -6,7 +6,6 @@ import logging
 import shutil
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 

@@ -87,7 +87,8 @@ def test_coco_decoding_agrees_with_pycocotools_area():
         im = images[ann["image_id"]]
         h, w, seg = im["height"], im["width"], ann["segmentation"]
         mask = decode_segmentation(seg, h, w)
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list) else mask_utils.frPyObjects(seg, h, w)
+        rles = mask_utils.frPyObjects(seg, h, w)
+        rle = mask_utils.merge(rles) if isinstance(seg, list) else rles
         assert mask.shape == (h, w) and mask.sum() == mask_utils.area(rle)
         if isinstance(seg, list):
             n_poly += 1
@@ -144,7 +145,8 @@ def test_coco_compressed_rle_instance_and_errors(tmp_path):
 # ----------------------------------------------------------------------------------------- procedural
 
 def test_procedural_sources_are_deterministic_and_fast(proc_objects):
-    a, b = procedural_background(np.random.default_rng(5), 320, 240), procedural_background(np.random.default_rng(5), 320, 240)
+    a = procedural_background(np.random.default_rng(5), 320, 240)
+    b = procedural_background(np.random.default_rng(5), 320, 240)
     assert a.shape == (240, 320, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
     assert not np.array_equal(a, procedural_background(np.random.default_rng(6), 320, 240))
     assert a.std() > 5  # a texture, not a flat colour
@@ -302,7 +304,10 @@ def test_embedded_benchmark_structure(embedded):
                 (rec,) = [r for r in d["pastes"][name] if r["role"] == "query"]
                 assert rec["query"] == q and rec["label"] == label and d["boxes"][name] == rec["box"]
                 assert rec["source"] == d["meta"]["query_sources"][q]
-                assert (rec["visible"] == 1.0) if label == "easy" else (rec["visible"] < 0.4 if label == "junk" else True)
+                if label == "easy":
+                    assert rec["visible"] == 1.0
+                elif label == "junk":
+                    assert rec["visible"] < 0.4
     listed = {i for g in gnd for k in ("easy", "hard", "junk") for i in g[k]}
     assert set(d["boxes"]) == {imlist[i] for i in listed}
     shuffled = {imlist.index(n) for n in d["shuffled"]}
@@ -420,7 +425,8 @@ def test_cli(tmp_path, capsys):
     out = build_cli.main(["--objects", "procedural", "--out", str(tmp_path), "--name", "mini", "--queries", "2",
                           "--distractors", "2", "--positives", "easy=1,hard=1", "--no-progress"])
     d = _load(out)
-    assert len(d["qimlist"]) == 2 and all(len(g["easy"]) == 1 and len(g["hard"]) == 1 and not g["junk"] for g in d["gnd"])
+    assert len(d["qimlist"]) == 2
+    assert all(len(g["easy"]) == 1 and len(g["hard"]) == 1 and not g["junk"] for g in d["gnd"])
     assert len(d["imlist"]) == 2 * 2 + 2 * 2 + 2
     shf = build_cli.main(["--shuffle-from", str(out), "--out", str(tmp_path), "--name", "mini_shf", "--no-progress"])
     assert len(_load(shf)["imlist"]) == len(d["imlist"]) + 4
@@ -433,7 +439,8 @@ def test_build_benchmark_rejects_bad_requests(tmp_path, proc_objects):
     with pytest.raises(ValueError, match="source images"):
         build_benchmark(proc_objects, bgs, tmp_path, "x", n_queries=50, progress=False)
     with pytest.raises(ValueError, match="positives_per_query"):
-        build_benchmark(proc_objects, bgs, tmp_path, "x", n_queries=1, positives_per_query={"medium": 1}, progress=False)
+        build_benchmark(proc_objects, bgs, tmp_path, "x", n_queries=1, positives_per_query={"medium": 1},
+                        progress=False)
     with pytest.warns(UserWarning, match="reused"):
         build_benchmark(proc_objects, bgs, tmp_path, "y", n_queries=1, n_distractors=2, progress=False)
     assert not [p for p in tmp_path.iterdir() if p.name != "y"]

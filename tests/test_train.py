@@ -148,7 +148,8 @@ def test_monitor_without_retrieval_evaluation_fails_before_training(tmp_path, ti
 
 
 def test_resume_after_kill_reaches_the_same_state(tmp_path, tiny):
-    """A run SIGKILLed in the middle of its 3rd epoch, resumed from last.ckpt, ends exactly where an uninterrupted run does."""
+    """A run SIGKILLed in the middle of its 3rd epoch, resumed from last.ckpt, ends exactly where an uninterrupted
+    run does."""
     over = _overrides(tmp_path, tiny, "callbacks.attention_viz.enabled=false")
     full = train(_cfg(tmp_path / "full", over))
     killed = tmp_path / "killed"

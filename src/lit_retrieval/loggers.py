@@ -55,7 +55,8 @@ def finish_loggers(loggers: Logger | Iterable[Logger] | None) -> None:
 
 
 def build_loggers(cfg: DictConfig | Mapping | None) -> list[Logger]:
-    """Instantiate every logger in ``cfg`` (name -> Hydra config with ``_target_``); skip, with a warning, any that fails.
+    """Instantiate every logger in ``cfg`` (name -> Hydra config with ``_target_``); skip, with a warning, any that
+    fails.
 
     ``None`` or an empty mapping gives no loggers. Entries that are ``None`` are skipped silently (a way to
     switch one off from the command line, ``logger.wandb=null``).

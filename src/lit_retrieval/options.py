@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-PIPELINE_CHECKPOINT_METHODS = ("local_similarity",)  # pipeline methods that read ``ckpt_path`` (D2R: detector.ckpt_path)
+# pipeline methods that read ``ckpt_path`` (D2R: detector.ckpt_path)
+PIPELINE_CHECKPOINT_METHODS = ("local_similarity",)
 
 
 def takes_checkpoint(method: str) -> bool:

@@ -61,7 +61,8 @@ def collect(sweep_dir: Path, metric_keys: tuple[str, ...] = _METRIC_KEYS) -> lis
         over_file = res.parent / ".hydra" / "overrides.yaml"
         overrides = ""
         if over_file.exists():
-            overrides = " ".join(line[2:].strip() for line in over_file.read_text().splitlines() if line.startswith("- "))
+            overrides = " ".join(line[2:].strip() for line in over_file.read_text().splitlines()
+                                 if line.startswith("- "))
         row = {"run": res.parent.name, "overrides": overrides}
         row.update(_flatten({k: data[k] for k in metric_keys if k in data}))
         row.update({f"map_ci95/{p}": _ci(ci) for p, ci in data.get("map_ci95", {}).items()})

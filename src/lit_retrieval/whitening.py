@@ -28,10 +28,10 @@ def _cholesky(S: np.ndarray) -> np.ndarray:
     while True:
         try:
             return np.linalg.cholesky(S + alpha * np.eye(S.shape[0]))
-        except np.linalg.LinAlgError:
+        except np.linalg.LinAlgError as err:
             alpha = 1e-10 if alpha == 0 else alpha * 10
             if alpha > 1e10:
-                raise ValueError("whitening: pair-difference covariance cannot be made positive definite")
+                raise ValueError("whitening: pair-difference covariance cannot be made positive definite") from err
 
 
 RANK_TOL = 1e-9  # PCA components with a smaller variance than this fraction of the largest carry no signal

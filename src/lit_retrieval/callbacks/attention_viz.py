@@ -102,7 +102,8 @@ class AttentionVisualization(pl.Callback):
                                         title=f"attention weights per R-MAC scale ({tag})")
         for p in (regions, hist):
             shutil.copyfile(p, p.with_name(f"{p.stem}_{tag}.png"))
-        self.summary = {"tag": tag, "checkpoint": checkpoint, "picture": str(regions.with_name(f"{regions.stem}_{tag}.png")),
+        self.summary = {"tag": tag, "checkpoint": checkpoint,
+                        "picture": str(regions.with_name(f"{regions.stem}_{tag}.png")),
                         "images": [p.name for p in paths], "regions_on_objects": record}
         atomic_json(self.summary, regions.with_name(f"{regions.stem}_{tag}.json"))
         log_images(trainer.loggers, "attention/regions", [regions], step=trainer.global_step)

@@ -14,7 +14,8 @@ folder; ``ModelCheckpoint(monitor=...)`` keeps the best checkpoint by any of the
 Validation and test are separate: ``datasets`` are the *validation* benchmarks (the only ones ``monitor`` and
 ``best.ckpt`` may use); ``test_datasets`` are evaluated once, when training ends, on the selected checkpoint
 (``train.py`` runs ``trainer.validate(ckpt_path=best)`` and prints their table last), logged as
-``test/retrieval/...`` and never seen by the selection. Each table also gives the paired bootstrap interval (over queries) of every learned method's mAP minus
+``test/retrieval/...`` and never seen by the selection. Each table also gives the paired bootstrap interval (over
+queries) of every learned method's mAP minus
 every reference's on the same queries. Before the first training step the training data (``datamodule.content()``)
 and the module's learned sets (``learned_content()``, e.g. its whitening set) are checked against every benchmark
 by image content, and validation against test: an overlap with a test benchmark stops the run, naming the files,

@@ -160,7 +160,7 @@ def learn_or_load_codebook(extractor: ActivationFeatures, s: Settings, paths: Se
         return cb
     t0 = time.perf_counter()
     descs = []
-    for i, img in tqdm(image_loader([ImageItem(p) for p in chosen], range(len(chosen)), image_size), total=len(chosen),
+    for _, img in tqdm(image_loader([ImageItem(p) for p in chosen], range(len(chosen)), image_size), total=len(chosen),
                        desc=f"codebook features ({source})", disable=not progress):
         d = extractor(img.to(device))[0]
         if len(d) > s.codebook_per_image:

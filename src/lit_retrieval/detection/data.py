@@ -893,5 +893,5 @@ class BoxesDataModule(SeededSplitLoaders, pl.LightningDataModule):
 
 __all__ = ["BoxSource", "BoxSubset", "BoxesDataModule", "CocoBoxes", "DetectionDataset", "LANDMARK_LABEL",
            "LandmarkBoxesCSV", "PASTE_DEFAULTS", "SET_DEFAULTS", "SOURCE_DEFAULTS", "SOURCE_KINDS", "SyntheticBoxes",
-           "box_paste_params", "cached_boxes", "collate_detection", "gld_image_candidates", "hflip_boxes", "image_to_tensor",
-           "make_box_source", "parse_box_field", "xywh_to_xyxy"]
+           "box_paste_params", "cached_boxes", "collate_detection", "gld_image_candidates", "hflip_boxes",
+           "image_to_tensor", "make_box_source", "parse_box_field", "xywh_to_xyxy"]

@@ -11,7 +11,8 @@ patch-shuffled copies of the galleries as negatives), the backbone still frozen.
 ``data.features=cached``, on the frozen maps of a fixed pool (:mod:`lit_retrieval.data.features`). The
 within-image contrast of ``Φ`` (coefficient of variation per image, :func:`weight_contrast`) is logged as
 ``train/phi_cv`` and ``val/phi_cv``.
-The regional PCA-whitening ``P`` depends on the frozen backbone and the regions only, not on the trained weights, so it is learned once when fitting starts (before
+The regional PCA-whitening ``P`` depends on the frozen backbone and the regions only, not on the trained weights, so
+it is learned once when fitting starts (before
 the first retrieval evaluation needs it) on ``whitening.dataset``, and stored in every checkpoint with the
 attention weights and the region settings. Checkpoints leave out the frozen backbone's weights (rebuilt from
 ``backbone.name``/``backbone.weights``): a ResNet101 checkpoint is a few MB, not 170 MB.

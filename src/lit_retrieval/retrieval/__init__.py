@@ -6,4 +6,5 @@ from .qe import expand_queries
 from .search import search
 
 __all__ = ["DescriptorCache", "GlobalPooling", "ImageItem", "METHODS", "build_method", "dataset_items",
-           "describe_multiscale", "expand_queries", "extract", "image_loader", "key_digest", "register_method", "search"]
+           "describe_multiscale", "expand_queries", "extract", "image_loader", "key_digest", "register_method",
+           "search"]

@@ -142,5 +142,5 @@ def build_retriever(name: str) -> Retriever:
     return retriever
 
 
-__all__ = ["GLOBAL_RETRIEVER", "PictureContext", "PipelineRetriever", "RETRIEVERS", "Rankings", "Retriever", "build_retriever",
-           "method_names", "register_retriever"]
+__all__ = ["GLOBAL_RETRIEVER", "PictureContext", "PipelineRetriever", "RETRIEVERS", "Rankings", "Retriever",
+           "build_retriever", "method_names", "register_retriever"]
