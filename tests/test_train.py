@@ -145,6 +145,10 @@ def test_monitor_without_retrieval_evaluation_fails_before_training(tmp_path, ti
     with pytest.raises(ValueError, match="monitor=val/error monitor_mode=min"):
         train(_cfg(tmp_path / "run", _overrides(tmp_path, tiny, "callbacks.retrieval_eval.enabled=false")))
     assert not (tmp_path / "run" / "checkpoints").exists()
+    # the attention pictures' record is measured on the images they are drawn on: never a selection metric
+    with pytest.raises(ValueError, match="never selects its checkpoint"):
+        train(_cfg(tmp_path / "run", _overrides(tmp_path, tiny, "monitor=attention/top5_on_objects")))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_resume_after_kill_reaches_the_same_state(tmp_path, tiny):

@@ -42,6 +42,10 @@ def check_monitor(cfg: DictConfig) -> None:
     """Fail before training, not at the first validation, when ``monitor`` names a retrieval metric that the
     retrieval-evaluation callback will never log (disabled, or not evaluating that dataset)."""
     monitor = str(cfg.get("monitor") or "")
+    if monitor.startswith("attention/"):
+        raise ValueError(f"monitor={monitor} is the attention pictures' record, measured on the images they are drawn "
+                         "on (by default the test benchmark's): it describes a run, it never selects its checkpoint. "
+                         "Fix: monitor a validation benchmark, e.g. retrieval/<validation dataset>/<method>/mAP_M")
     if not monitor.startswith("retrieval/") or monitor.count("/") < 3:
         return
     r = (cfg.get("callbacks") or {}).get("retrieval_eval")
@@ -121,8 +125,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def outputs_summary(results: dict[str, Any], out_dir: Path) -> str:
     """Where a run's table, pictures and checkpoints are (printed last)."""
-    lines = [f"run folder: {out_dir}", f"  results.json     metrics, test table with intervals and paired differences"
-             f" ({'test' if results.get('test', {}).get('metrics') else 'no test benchmarks'}), overlap checks"]
+    tested = "the test table (intervals, paired differences), " if results.get("test", {}).get("metrics") else ""
+    lines = [f"run folder: {out_dir}", f"  results.json     metrics, {tested}overlap checks"]
     if (out_dir / "retrieval.json").exists():
         lines.append("  retrieval.json   every validation table (by epoch) and the test table")
     att = results.get("attention") or {}
