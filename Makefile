@@ -4,7 +4,7 @@ UV := python3 -m uv
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: venv demo test test-slow bench clean-cache
+.PHONY: venv demo test test-unit test-slow bench clean-cache
 
 # uv resolves only from the public registry (see [tool.uv] in pyproject.toml): never the CPU torch file that
 # some machines pre-place, which breaks torchvision. `pip --isolated` keeps pip's local wheel dirs out too.
@@ -21,6 +21,9 @@ demo: venv
 test: venv
 	.venv/bin/ruff check .
 	$(PY) -m pytest -q
+
+test-unit: venv
+	$(PY) -m pytest -q -m "not slow and not e2e"
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow

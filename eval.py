@@ -10,6 +10,7 @@ Examples::
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("LIT_RETRIEVAL_ROOT", str(Path(__file__).resolve().parent))
@@ -30,4 +31,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from lit_retrieval.cli import renamed_overrides
+
+    sys.argv[1:] = renamed_overrides(sys.argv[1:])
     main()

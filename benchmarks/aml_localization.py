@@ -36,7 +36,7 @@ def main() -> None:
     from lit_retrieval import pooling
     from lit_retrieval.backbones import build_backbone
     from lit_retrieval.data import load_dataset
-    from lit_retrieval.rerank import (count_all_windows, iou, localize, localize_exhaustive, pixels_to_cells,
+    from lit_retrieval.methods.aml import (count_all_windows, iou, localize, localize_exhaustive, pixels_to_cells,
                                       power_integral, quantize)
     from lit_retrieval.retrieval import ImageItem, image_loader
 

@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from lit_retrieval.rerank import WindowDescriptor, localize_exhaustive, power_integral, rerank_shortlist
-from lit_retrieval.rerank.integral import Workspace
-from lit_retrieval.rerank.storage import decode, encode
+from lit_retrieval.methods.aml import WindowDescriptor, localize_exhaustive, power_integral, rerank_shortlist
+from lit_retrieval.methods.aml.integral import Workspace
+from lit_retrieval.methods.aml.storage import decode, encode
 
 
 def synthetic_codes(n: int, C: int, H: int, W: int, density: float, seed: int = 0) -> list[np.ndarray]:

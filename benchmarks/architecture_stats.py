@@ -18,8 +18,15 @@ NAME_TEST = re.compile(r"""name\s*(==|!=)\s*["'](%s)["']""" % "|".join(METHOD_NA
 
 
 def package(path: Path) -> str:
+    """``methods.<paper>`` for a paper's files, else the first-level package or module."""
     rel = path.relative_to(SRC)
+    if rel.parts[0] == "methods" and len(rel.parts) > 2:
+        return f"methods.{rel.parts[1]}"
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def is_paper(pkg: str) -> bool:
+    return pkg.startswith("methods.")
 
 
 def imports(path: Path) -> set[str]:
@@ -33,9 +40,10 @@ def imports(path: Path) -> set[str]:
                 parts = base + (node.module.split(".") if node.module else [])
                 if not parts:  # "from . import x" at the top level
                     parts = [a.name for a in node.names]
-                out.add(parts[0])
+                out.add(".".join(parts[:2]) if parts[0] == "methods" and len(parts) > 1 else parts[0])
             elif node.module and node.module.startswith("lit_retrieval."):
-                out.add(node.module.split(".")[1])
+                parts = node.module.split(".")[1:]
+                out.add(".".join(parts[:2]) if parts[0] == "methods" and len(parts) > 1 else parts[0])
     return out
 
 
@@ -63,9 +71,13 @@ def main() -> None:
         print("  " + t)
     importers = sorted(p for p, deps in graph.items() if "evaluate" in deps)
     print(f"\nmodules importing the evaluate.py orchestrator: {importers or 'none'}")
+    upward = sorted(f"{p} -> {d}" for p, deps in graph.items() for d in deps
+                    if is_paper(d) and not is_paper(p) or (is_paper(p) and is_paper(d) and d != p))
+    print(f"imports pointing up (engine -> paper) or across papers: {upward or 'none'}")
     if args.json:
         args.json.write_text(json.dumps({"lines": lines, "imports": {k: sorted(v) for k, v in graph.items()},
-                                         "name_comparisons": tests, "imports_evaluate": importers}, indent=1))
+                                         "name_comparisons": tests, "imports_evaluate": importers,
+                                         "upward_imports": upward}, indent=1))
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ def detector_ap(net, n_syntheses: int = 4) -> dict:
     import torch
 
     from lit_retrieval.data.pairs import make_backgrounds, make_objects, split_sources
-    from lit_retrieval.detection.ap import coco_ap
-    from lit_retrieval.detection.data import SyntheticBoxes, box_paste_params
+    from lit_retrieval.methods.detect_to_retrieve.detector.ap import coco_ap
+    from lit_retrieval.methods.detect_to_retrieve.detector.data import SyntheticBoxes, box_paste_params
 
     objs, bgs = split_sources(make_objects({"kind": "coco", "dir": str(SHARED / "coco128")}),
                               make_backgrounds({"kind": "folder", "dir": str(SHARED / "imagenet-samples")}),
@@ -80,13 +80,13 @@ def main() -> None:
     import numpy as np
 
     from lit_retrieval.backbones import build_backbone
-    from lit_retrieval.d2r.boxes import rmac_boxes
-    from lit_retrieval.d2r.database import Database, encode_image, variant_name
-    from lit_retrieval.d2r.features import ActivationFeatures
-    from lit_retrieval.d2r.pipeline import Settings, codebook_paths, encode_database, encode_queries, \
-        learn_or_load_codebook
+    from lit_retrieval.methods.detect_to_retrieve.boxes import rmac_boxes
+    from lit_retrieval.methods.detect_to_retrieve.database import Database, encode_image, variant_name
+    from lit_retrieval.methods.detect_to_retrieve.features import ActivationFeatures
+    from lit_retrieval.methods.detect_to_retrieve.pipeline import (Settings, codebook_paths, encode_database,
+                                                                   encode_queries, learn_or_load_codebook)
     from lit_retrieval.data.provenance import LearnedSets
-    from lit_retrieval.detection.models import load_detector
+    from lit_retrieval.methods.detect_to_retrieve.detector.models import load_detector
     from lit_retrieval.metrics import compare, evaluate_ranks, format_diff, uncertainty
     from lit_retrieval.retrieval import dataset_items
     from lit_retrieval.retrieval.extract import image_loader

@@ -40,8 +40,11 @@ from _timing import load_note, markdown_table, median_times, set_threads
 from lit_retrieval.data.features import FeatureStore, fill_store
 from lit_retrieval.data.pairs import SyntheticPairs
 from lit_retrieval.data.synthetic.procedural import ProceduralBackgrounds, ProceduralObjects
-from lit_retrieval.detection.data import DetectionDataset, SyntheticBoxes, cached_boxes, collate_detection
-from lit_retrieval.modules import LandmarkDetectorModule, LocalSimilarityModule, RegionalAttentionModule
+from lit_retrieval.methods.detect_to_retrieve.detector.data import (DetectionDataset, SyntheticBoxes, cached_boxes,
+                                                                    collate_detection)
+from lit_retrieval.methods.detect_to_retrieve.detector.module import LandmarkDetectorModule
+from lit_retrieval.methods.local_similarity.module import LocalSimilarityModule
+from lit_retrieval.methods.regional_attention.module import RegionalAttentionModule
 
 TARGET = 20.0
 

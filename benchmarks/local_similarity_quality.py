@@ -87,11 +87,11 @@ def main() -> None:
     from lit_retrieval.backbones import build_backbone
     from lit_retrieval.data import load_dataset
     from lit_retrieval.backbones.weights import weights_identity
-    from lit_retrieval.localsim import Settings, describe, fused_ranks, learn_quantizer, score
-    from lit_retrieval.localsim.pq import GridQuantizer
-    from lit_retrieval.models.local_similarity import stored_quantizer
+    from lit_retrieval.methods.local_similarity import Settings, describe, fused_ranks, learn_quantizer, score
+    from lit_retrieval.methods.local_similarity.pq import GridQuantizer
+    from lit_retrieval.methods.local_similarity.network import stored_quantizer
     from lit_retrieval.metrics import evaluate_ranks
-    from lit_retrieval.models.local_similarity import load_local_similarity
+    from lit_retrieval.methods.local_similarity.network import load_local_similarity
     from lit_retrieval.retrieval import build_method, dataset_items, extract, search
 
     backbone = build_backbone("efficientnet_lite0", weights="imagenet")

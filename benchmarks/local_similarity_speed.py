@@ -24,8 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import load_note, markdown_table, median_time, set_threads  # noqa: E402
 
-from lit_retrieval.localsim import GalleryGrids, GridQuantizer, local_scores, shortlist  # noqa: E402
-from lit_retrieval.models.local_similarity import LocalSimilarityNet  # noqa: E402
+from lit_retrieval.methods.local_similarity import GalleryGrids, GridQuantizer, local_scores, shortlist  # noqa: E402
+from lit_retrieval.methods.local_similarity.network import LocalSimilarityNet  # noqa: E402
 
 
 class _Stub(torch.nn.Module):

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from _timing import load_note, markdown_table, median_times, set_threads
 from lit_retrieval.backbones import build_backbone
-from lit_retrieval.models import RegionalAttentionNet, UniformRegions
-from lit_retrieval.models.attention import attention_input
+from lit_retrieval.methods.regional_attention import RegionalAttentionNet, UniformRegions
+from lit_retrieval.methods.regional_attention.attention import attention_input
 from lit_retrieval.pooling import l2n, region_max, region_mean
 from lit_retrieval.regions import sample_regions
 from lit_retrieval.whitening import Whitening

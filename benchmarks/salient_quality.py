@@ -66,8 +66,9 @@ def main() -> None:
     from lit_retrieval.data.provenance import LearnedSets
     from lit_retrieval.metrics import evaluate_ranks, format_diff, format_maps, paired_bootstrap, uncertainty
     from lit_retrieval.retrieval import search
-    from lit_retrieval.salient.matching import rank, region_similarity, regional_query_expansion
-    from lit_retrieval.salient.pipeline import SalientRegions, Settings, describe_dataset, fallback_summary
+    from lit_retrieval.methods.salient_regions.matching import rank, region_similarity, regional_query_expansion
+    from lit_retrieval.methods.salient_regions.pipeline import (SalientRegions, Settings, describe_dataset,
+                                                                fallback_summary)
 
     common = [f"backbone={args.backbone}", f"backbone.weights={args.weights}", f"image_size={args.image_size}"]
 

@@ -9,13 +9,26 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/e2e/ (whole eval.py / train.py runs) carries the ``e2e`` marker: ``-m "not e2e"``
+    runs the unit tests alone."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 def eval_cfg(tmp_path, *overrides):
     """The composed ``eval.py`` config with outputs under ``tmp_path``, no loader processes, and ``overrides``."""
     from hydra import compose, initialize_config_dir
 
+    from lit_retrieval.cli import renamed_overrides
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("eval", overrides=[f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs",
-                                          "num_workers=0", *overrides])
+                                          "num_workers=0", *renamed_overrides(list(overrides))])
 
 
 def shared_path(*parts: str) -> Path:

@@ -24,7 +24,7 @@ from .backbones import build_backbone
 from .data import RetrievalDataset, load_dataset
 from .data.errors import GroundTruthError
 from .data.provenance import ContentSet, LearnedSets, set_cache_dir
-from .models.checkpoint import training_content
+from .checkpoint import training_content
 from .options import check_eval_options
 from .metrics import (REVISITED_PROTOCOLS, compare, evaluate_ranks, format_ci, format_diff, revisited_protocol,
                       uncertainty)
@@ -34,31 +34,28 @@ from .viz import pr_curve, save_pr_curves, save_topk_grid
 log = logging.getLogger(__name__)
 
 
-CHECKPOINT_OPTIONS = {"training_data": "ckpt_path", "detector_training_data": "detector.ckpt_path"}
-
-
-def check_checkpoint_training(cfg: DictConfig, learned: LearnedSets) -> None:
-    """The checkpoints a run reads carry the content keys of the images they were trained on (written by the
-    training run's retrieval callback); each is checked against the evaluated images (refused, or warned with
-    ``allow_overlap=true``). Checkpoints without the record (older runs, training sets too large to hash) are
-    logged as unchecked; unreadable files are left to the loaders' errors."""
-    for component, option in CHECKPOINT_OPTIONS.items():
-        path = OmegaConf.select(cfg, option)
-        if not path or not Path(str(path)).is_file():
-            continue
-        try:
-            state = training_content(str(path))
-        except Exception:  # not a checkpoint: the method's loader says so, with the fix
-            continue
-        if state is None:
-            log.info("%s=%s records no training-data content keys: its training set is not checked against the "
-                     "evaluated images", option, path)
-            learned.records[component] = {"checked": False, "checkpoint": str(path)}
-            continue
-        learned.check(component, ContentSet.from_state(state), option,
-                      transductive=bool(cfg.get("allow_overlap", False)), opt_in="allow_overlap=true",
-                      fix=f"the checkpoint {option}={path} was trained on these images: evaluate it on a benchmark "
-                          "disjoint from its training data, or retrain it without them")
+def check_checkpoint_training(cfg: DictConfig, learned: LearnedSets, component: str = "training_data") -> None:
+    """The checkpoint a run reads (``ckpt_path``) carries the content keys of the images it was trained on
+    (written by the training run's retrieval callback); they are checked against the evaluated images (refused, or
+    warned with ``allow_overlap=true``) and recorded under ``component`` (the retriever's ``checkpoint_component``,
+    e.g. ``detector_training_data``). A checkpoint without the record (older runs, training sets too large to
+    hash) is logged as unchecked; unreadable files are left to the loaders' errors."""
+    path = cfg.get("ckpt_path")
+    if not path or not Path(str(path)).is_file():
+        return
+    try:
+        state = training_content(str(path))
+    except Exception:  # not a checkpoint: the method's loader says so, with the fix
+        return
+    if state is None:
+        log.info("ckpt_path=%s records no training-data content keys: its training set is not checked against the "
+                 "evaluated images", path)
+        learned.records[component] = {"checked": False, "checkpoint": str(path)}
+        return
+    learned.check(component, ContentSet.from_state(state), "ckpt_path",
+                  transductive=bool(cfg.get("allow_overlap", False)), opt_in="allow_overlap=true",
+                  fix=f"the checkpoint ckpt_path={path} was trained on these images: evaluate it on a benchmark "
+                      "disjoint from its training data, or retrain it without them")
 
 
 def protocol_gnd(dataset: RetrievalDataset) -> dict[str, list[dict]]:
@@ -150,7 +147,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     dataset = load_dataset(cfg.dataset)
     check_has_positives(dataset)
     learned = LearnedSets(dataset, set_cache_dir(Path(str(cfg.paths.cache_dir)) / "content"))
-    check_checkpoint_training(cfg, learned)
+    check_checkpoint_training(cfg, learned, getattr(retriever, "checkpoint_component", "training_data"))
     backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
     backbone.to(cfg.device)
     run = retriever.rank(cfg, dataset, backbone, learned, out_dir, t0)

@@ -11,19 +11,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# pipeline methods that read ``ckpt_path`` (D2R: detector.ckpt_path)
-PIPELINE_CHECKPOINT_METHODS = ("local_similarity",)
-
-
 def takes_checkpoint(method: str) -> bool:
-    """Whether ``method`` reads ``ckpt_path``: a pipeline method that does, or a registered method whose factory
-    has a ``ckpt_path`` parameter (e.g. ``regional_attention``)."""
-    from .retrieval.methods import METHODS
+    """Whether ``method`` reads ``ckpt_path``: its retriever says so (``reads_checkpoint``), or it is a descriptor
+    whose factory has a ``ckpt_path`` parameter (e.g. ``regional_attention``)."""
+    from .retrieval.interface import RETRIEVERS, build_retriever
+    from .retrieval.methods import METHODS, resolve
 
-    if method in PIPELINE_CHECKPOINT_METHODS:
+    if method in RETRIEVERS and getattr(build_retriever(method), "reads_checkpoint", False):
         return True
     factory = METHODS.get(method)
-    return factory is not None and "ckpt_path" in inspect.signature(factory).parameters
+    return factory is not None and "ckpt_path" in inspect.signature(resolve(factory)).parameters
 
 
 class OptionError(ValueError):
@@ -98,7 +95,7 @@ def check_eval_options(cfg: DictConfig) -> None:
     if ckpt and not takes_checkpoint(str(cfg.method.name)):
         raise OptionError("ckpt_path", ckpt, f"method={cfg.method.name} reads no checkpoint",
                           "drop ckpt_path, or pick a trained method (method=regional_attention, "
-                          "method=local_similarity; method=d2r takes detector.ckpt_path)")
+                          "method=local_similarity, method=d2r: its detector)")
     if cfg.get("results_file"):
         check_writable_file("results_file", str(cfg.results_file))
     if cfg.plots.enabled and (not isinstance(cfg.plots.n_queries, int) or cfg.plots.n_queries <= 0):

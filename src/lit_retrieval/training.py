@@ -15,7 +15,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_json
-from .callbacks.attention_viz import AttentionVisualization
 from .callbacks.retrieval_eval import TEST_PREFIX, RetrievalEvaluation
 from .loggers import build_loggers, finish_loggers, log_hyperparams
 
@@ -109,9 +108,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["test"] = {"checkpoint": tested_on, "metrics": dict(sorted(retrieval.test.items())),
                            "differences": retrieval.test_differences, "ci95": retrieval.intervals["test"]}
         results["overlap"] = retrieval.provenance
-    viz = next((c for c in callbacks if isinstance(c, AttentionVisualization) and c.summary), None)
-    if viz is not None:
-        results["attention"] = viz.summary
+    records = [c for c in callbacks if callable(getattr(c, "run_record", None))]
+    for c in records:  # a callback's own results.json sections (e.g. the attention pictures' record)
+        results.update(c.run_record())
     if trainer.is_global_zero:
         atomic_json(results, out_dir / "results.json")
     log.info("training done: best %s = %s (%s)", results["monitor"], results["monitor_value"],
@@ -119,22 +118,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finish_loggers(loggers)  # (wandb prints its own closing lines: before the summary, not after it)
     if trainer.is_global_zero:
         table = retrieval.test_table if retrieval is not None else ""
-        print("\n" + (table + "\n" if table else "") + outputs_summary(results, out_dir), flush=True)
+        lines = [ln for c in records for ln in getattr(c, "summary_lines", lambda _: [])(out_dir)]
+        print("\n" + (table + "\n" if table else "") + outputs_summary(results, out_dir, lines), flush=True)
     return results
 
 
-def outputs_summary(results: dict[str, Any], out_dir: Path) -> str:
-    """Where a run's table, pictures and checkpoints are (printed last)."""
+def outputs_summary(results: dict[str, Any], out_dir: Path, more: list[str] = ()) -> str:
+    """Where a run's table, pictures and checkpoints are (printed last); ``more``: the callbacks' own lines."""
     tested = "the test table (intervals, paired differences), " if results.get("test", {}).get("metrics") else ""
     lines = [f"run folder: {out_dir}", f"  results.json     metrics, {tested}overlap checks"]
     if (out_dir / "retrieval.json").exists():
         lines.append("  retrieval.json   every validation table (by epoch) and the test table")
-    att = results.get("attention") or {}
-    if att.get("picture"):
-        rec = att.get("regions_on_objects")
-        on = "" if not rec else (f": top-{rec['k']} regions on an object {100 * rec['top_k']:.0f}% "
-                                 f"(chance / Φ ≡ 1: {100 * rec['chance']:.0f}%)")
-        lines.append(f"  {Path(att['picture']).relative_to(out_dir)}  attention of {att.get('checkpoint')}{on}")
+    lines += list(more)
     plots = sorted(p.name for p in (out_dir / "plots").glob("*.png") if "_epoch" not in p.name) \
         if (out_dir / "plots").is_dir() else []
     if plots:

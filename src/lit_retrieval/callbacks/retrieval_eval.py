@@ -47,7 +47,7 @@ from torch import nn
 from ..atomic import atomic_json
 from ..data import RetrievalDataset, load_dataset
 from ..data.provenance import ContentSet, check_disjoint, dataset_content, item_keys
-from ..models.checkpoint import TRAINING_CONTENT
+from ..checkpoint import TRAINING_CONTENT
 from ..backbones.weights import weights_identity
 from ..loggers import log_table
 from ..metrics import compare, evaluate_ranks, format_diff, uncertainty

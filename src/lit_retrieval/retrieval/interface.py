@@ -13,22 +13,33 @@ learned descriptors such as regional attention) runs through the global-descript
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .methods import METHODS
+from .methods import METHODS, resolve
 
 # name -> "module:attribute" of a Retriever class; the global-descriptor methods are listed in METHODS
 RETRIEVERS: dict[str, str | type] = {
-    "salient_regions": "lit_retrieval.salient.pipeline:SalientRetriever",
-    "local_similarity": "lit_retrieval.localsim.pipeline:LocalSimilarityRetriever",
-    "d2r": "lit_retrieval.d2r.pipeline:D2RRetriever",
+    "mac": "lit_retrieval.methods.aml.retriever:AMLRetriever",  # Tolias et al.: MAC / R-MAC filtering + AML
+    "rmac": "lit_retrieval.methods.aml.retriever:AMLRetriever",
+    "salient_regions": "lit_retrieval.methods.salient_regions.pipeline:SalientRetriever",
+    "local_similarity": "lit_retrieval.methods.local_similarity.pipeline:LocalSimilarityRetriever",
+    "d2r": "lit_retrieval.methods.detect_to_retrieve.pipeline:D2RRetriever",
 }
-GLOBAL_RETRIEVER = "lit_retrieval.global_retriever:GlobalRetriever"
+GLOBAL_RETRIEVER = "lit_retrieval.retrieval.global_retriever:GlobalRetriever"
+
+# the post-processing stages a retriever does not offer: what to use instead (``check_stages``)
+STAGE_HINTS: dict[tuple[str, str], str] = {
+    ("qe", "aml"): "qe=aml expands the query with AML-localized windows: add rerank=aml with method=mac or "
+                   "method=rmac (or pick qe=avg|alpha)",
+    ("rerank", "aml"): "rerank=aml re-scores localized windows with the filtering's own descriptor, MAC or R-MAC "
+                       "(Tolias et al. Sec. 6): use method=mac or method=rmac (variant cirtorch or tolias)",
+    ("qe", "regional"): "qe=regional is the region-descriptor QE of method=salient_regions (eq. 8): use "
+                        "qe=avg|alpha with other methods",
+}
 
 
 @dataclass
@@ -110,6 +121,16 @@ class PipelineRetriever:
         """None by default."""
 
 
+def check_stages(cfg: Any, name: str, offers: dict[str, tuple[str, ...]]) -> None:
+    """Refuse a ``qe`` / ``rerank`` kind that method ``name`` does not offer (``offers``: group -> kinds), saying
+    which method offers it."""
+    for group, kinds in offers.items():
+        kind = str(cfg[group].kind)
+        if kind not in kinds:
+            hint = STAGE_HINTS.get((group, kind), f"unknown {group} kind {kind!r}: use {group}={'|'.join(kinds)}")
+            raise ValueError(f"method={name} does not offer {group}={kind}. {hint}")
+
+
 def register_retriever(name: str, retriever: str | type) -> None:
     """Register a retriever class (or ``"module:attribute"``) under ``name`` (``eval.py method=<name>``)."""
     RETRIEVERS[name] = retriever
@@ -118,13 +139,6 @@ def register_retriever(name: str, retriever: str | type) -> None:
 def method_names() -> list[str]:
     """Every name ``eval.py method=...`` accepts."""
     return sorted(set(METHODS) | set(RETRIEVERS))
-
-
-def _resolve(target: str | type) -> type:
-    if not isinstance(target, str):
-        return target
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def build_retriever(name: str) -> Retriever:
@@ -136,11 +150,11 @@ def build_retriever(name: str) -> Retriever:
         target = GLOBAL_RETRIEVER
     else:
         raise ValueError(f"unknown method {name!r}: choose one of {method_names()} (eval.py method=...)")
-    retriever = _resolve(target)(name)
+    retriever = resolve(target)(name)
     if not isinstance(retriever, Retriever):
         raise TypeError(f"the retriever registered as {name!r} ({target}) lacks check / rank / pictures")
     return retriever
 
 
-__all__ = ["GLOBAL_RETRIEVER", "PictureContext", "PipelineRetriever", "RETRIEVERS", "Rankings", "Retriever",
-           "build_retriever", "method_names", "register_retriever"]
+__all__ = ["GLOBAL_RETRIEVER", "STAGE_HINTS", "PictureContext", "PipelineRetriever", "RETRIEVERS", "Rankings",
+           "Retriever", "build_retriever", "check_stages", "method_names", "register_retriever"]

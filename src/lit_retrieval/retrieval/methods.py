@@ -6,6 +6,7 @@ backbone that changes its output). Learned descriptors register the same way, wi
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from torch import Tensor, nn
@@ -14,10 +15,21 @@ from .. import pooling
 from ..backbones import Backbone
 from ..data.features import is_map
 
-METHODS: dict[str, Callable[..., nn.Module]] = {}
+METHODS: dict[str, Callable[..., nn.Module] | str] = {}
+
+
+def resolve(target: Any) -> Any:
+    """A registry entry: the object itself, or ``"module:attribute"`` imported now (the registries name a paper's
+    code by string, so the engine never imports a paper's package)."""
+    if not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def register_method(name: str):
+    """``@register_method(name)`` on a factory ``(backbone, **params) -> nn.Module``, or
+    ``register_method(name)("module:attribute")``."""
     def deco(factory):
         METHODS[name] = factory
         return factory
@@ -27,7 +39,7 @@ def register_method(name: str):
 def build_method(name: str, backbone: Backbone, **params: Any) -> nn.Module:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose one of {sorted(METHODS)} (eval.py method=...)")
-    return METHODS[name](backbone, **params)
+    return resolve(METHODS[name])(backbone, **params)
 
 
 class GlobalPooling(nn.Module):
@@ -79,26 +91,11 @@ def _rmac(backbone: Backbone, L: int = 3, variant: str = "cirtorch", region_whit
     if variant == "tolias" and region_whitening is None:
         raise ValueError("rmac variant 'tolias' whitens every regional vector: pass region_whitening (learned on "
                          "region vectors of another dataset, see "
-                         "lit_retrieval.global_retriever.learn_region_whitening)")
+                         "lit_retrieval.methods.aml.retriever.learn_region_whitening)")
     learned = {"region_whitening": region_whitening} if variant == "tolias" else None
     return GlobalPooling(backbone, "rmac", learned=learned, learned_key=region_whitening_key if learned else None,
                          L=int(L), variant=variant, **kw)
 
 
-@register_method("regional_attention")
-def _regional_attention(backbone: Backbone, ckpt_path: str | None = None, scales: int | None = None,
-                        uniform: bool = False, **kw) -> nn.Module:
-    """Kim & Yoon's regional attention from a ``train.py model=regional_attention`` checkpoint (attention,
-    regional whitening and region settings); ``scales`` overrides its test scale S; ``uniform=True`` drops the
-    attention (Φ ≡ 1: the paper's baseline, mean-pooled R-MAC on the same regions and whitening)."""
-    if not ckpt_path:
-        raise ValueError("method=regional_attention needs a trained checkpoint: pass ckpt_path=RUN/checkpoints/"
-                         "best.ckpt (from `python train.py model=regional_attention ...`)")
-    if kw:
-        raise ValueError(f"method=regional_attention takes ckpt_path, scales and uniform, not {sorted(kw)}")
-    from ..models import UniformRegions, load_regional_attention
-
-    net = load_regional_attention(ckpt_path, backbone)
-    if scales is not None:
-        net.scales = int(scales)
-    return UniformRegions(net) if uniform else net
+# learned descriptors live in their paper's package: imported on first use, so the engine never imports a paper
+register_method("regional_attention")("lit_retrieval.methods.regional_attention.network:retrieval_descriptor")

@@ -1,0 +1,55 @@
+"""Former spellings of moved keys keep working, with a warning: through the compose API and on eval.py's command
+line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import eval_cfg
+from lit_retrieval import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_renamed_overrides_map_the_former_spellings_and_warn_once(monkeypatch):
+    monkeypatch.setattr(cli, "_warned", set())
+    with pytest.warns(FutureWarning, match="kernel= is now method.kernel="):
+        out = cli.renamed_overrides(["kernel=vlad", "aggregation=r_vlad", "detector.ckpt_path=a.ckpt",
+                                     "+detector.threshold=0.3", "method.kernel=asmk", "-m", "image_size=64"])
+    assert out == ["method.kernel=vlad", "method.aggregation=r_vlad", "ckpt_path=a.ckpt",
+                   "+method.detector.threshold=0.3", "method.kernel=asmk", "-m", "image_size=64"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second time: no warning
+        assert cli.renamed_overrides(["kernel=asmk"]) == ["method.kernel=asmk"]
+
+
+def test_old_and_new_spellings_compose_the_same_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_warned", set())
+    with pytest.warns(FutureWarning):
+        old = eval_cfg(tmp_path, "method=d2r", "kernel=vlad", "aggregation=r_vlad", "detector.threshold=0.3",
+                       "detector.max_boxes=5", "detector.ckpt_path=x.ckpt")
+    new = eval_cfg(tmp_path, "method=d2r", "method.kernel=vlad", "method.aggregation=r_vlad",
+                   "method.detector.threshold=0.3", "method.detector.max_boxes=5", "ckpt_path=x.ckpt")
+    assert OmegaConf.to_container(old) == OmegaConf.to_container(new)
+    assert new.method.kernel == "vlad" and new.ckpt_path == "x.ckpt" and "kernel" not in new
+
+
+def test_method_d2r_writes_nothing_at_the_top_level(tmp_path):
+    gem, d2r = eval_cfg(tmp_path), eval_cfg(tmp_path, "method=d2r")
+    assert set(d2r) == set(gem)
+
+
+def test_eval_py_applies_the_former_spellings(tmp_path):
+    proc = subprocess.run([sys.executable, "-W", "always::FutureWarning", str(ROOT / "eval.py"), "method=d2r",
+                           "aggregation=none", "detector.ckpt_path=null", f"paths.root_dir={tmp_path}", "--cfg", "job"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cfg = OmegaConf.create(proc.stdout)
+    assert cfg.method.aggregation == "none" and cfg.ckpt_path is None
+    assert "aggregation= is now method.aggregation=" in proc.stderr
