@@ -24,8 +24,9 @@ def _train_cfg(root: Path, tiny: Path, out: Path, *extra: str):
                  "image_size=128", "data.objects.n=10", "data.backgrounds.n=10", "data.syntheses=2",
                  "data.image_size=160", "data.batch_size=4", "data.split.fractions=[0.7,0.3]",
                  "model.detector.kwargs.min_size=128", "model.detector.kwargs.max_size=160",
-                 "model.retrieval.K=32", "model.retrieval.codebook_images=8", "model.retrieval.codebook_per_image=50",
-                 "model.retrieval.scales=[1.0]", "model.retrieval.dim=16", "~callbacks.retrieval_eval.datasets",
+                 "model.retrieval.codebook.K=32", "model.retrieval.codebook.n_images=8",
+                 "model.retrieval.codebook.per_image=50", "model.retrieval.features.scales=[1.0]",
+                 "model.retrieval.codebook.dim=16", "~callbacks.retrieval_eval.datasets",
                  f"+callbacks.retrieval_eval.datasets={{tiny: {bench}}}",
             "~callbacks.retrieval_eval.test_datasets", "+callbacks.retrieval_eval.test_datasets={}", *extra,
             f"paths.output_dir={out}"]

@@ -13,7 +13,8 @@ from torch import nn
 from lit_retrieval.backbones import Backbone
 from lit_retrieval.methods.detect_to_retrieve.codebook import learn_codebook
 from lit_retrieval.methods.detect_to_retrieve.features import ActivationFeatures, crop
-from lit_retrieval.methods.detect_to_retrieve.pipeline import Settings, encode_database, image_boxes, stage_variants
+from lit_retrieval.methods.detect_to_retrieve.pipeline import (Settings, encode_database, image_boxes,
+                                                             settings_from_method, stage_variants)
 
 
 class Conv4(Backbone):
@@ -101,8 +102,18 @@ def test_box_sources_and_errors():
         image_boxes(img, Settings(K=16, dim=8), None)
     with pytest.raises(ValueError, match="boxes='grid'"):
         Settings(boxes="grid")
-    with pytest.raises(ValueError, match="unknown D2R setting"):
-        Settings.from_cfg({"kernal": "asmk"})
+    with pytest.raises(ValueError, match="unknown setting.*kernal"):
+        settings_from_method({"kernal": "asmk"})
+    # the method section's schema (eval.py's method, the training callback's model.retrieval) -> Settings fields
+    split = {"fractions": [0.5, 0.5], "parts": [1]}
+    s = settings_from_method({"kernel": "vlad", "aggregation": "r_vlad", "detector": {"threshold": 0.3,
+                                                                                      "max_boxes": None},
+                              "features": {"scales": [1.0]},
+                              "codebook": {"K": 32, "n_images": 8, "dir": None, "split": split}}, seed=4)
+    assert (s.kernel, s.aggregation, s.threshold, s.max_boxes, s.scales, s.K, s.codebook_images, s.codebook_dir,
+            s.codebook_fractions, s.codebook_parts, s.seed) == ("vlad", "r_vlad", 0.3, None, (1.0,), 32, 8, None,
+                                                                 (0.5, 0.5), (1,), 4)
+    assert settings_from_method({}) == Settings()
     assert stage_variants(Settings(aggregation="none")) == [("asmk_star", "none")]
     assert stage_variants(Settings())[-1] == ("asmk_star", "r_asmk")
 
@@ -174,12 +185,13 @@ def test_eval_queries_follow_the_projects_crop_and_scale_rule(tiny, tmp_path, mo
 
 
 def test_callback_queries_follow_the_projects_crop_and_scale_rule(tiny, monkeypatch):
-    from lit_retrieval.methods.detect_to_retrieve.pipeline import D2RRanker
     from lit_retrieval.data import load_revisited
+    from lit_retrieval.methods.detect_to_retrieve.pipeline import D2RRetriever
 
     data = load_revisited(tiny, "tiny")
     s = Settings(K=8, dim=8, scales=(1.0,), codebook_images=8, codebook_per_image=40)
-    ranker = D2RRanker(FixedDetector([[4, 4, 60, 50]], np.array([0.9], np.float32)), Conv4(), s, {"backbone": "c4"})
+    ranker = D2RRetriever.for_network(FixedDetector([[4, 4, 60, 50]], np.array([0.9], np.float32)), Conv4(), s,
+                                      {"backbone": "c4"})
     seen = _spy_queries(monkeypatch)
     ranks = ranker(data, 80, torch.device("cpu"), None, False)
     assert sorted(ranks) == ["asmk_star", "d2r_asmk_star", "d2r_r_asmk_star"]

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -88,16 +88,6 @@ class Settings:
             bad.append(f"scales={list(self.scales)} (positive factors)")
         if bad:
             raise ValueError("method=d2r: bad setting(s): " + "; ".join(bad))
-
-    @classmethod
-    def from_cfg(cls, m: Mapping[str, Any]) -> Settings:
-        names = {f.name for f in fields(cls)}
-        unknown = set(m) - names
-        if unknown:
-            raise ValueError(f"unknown D2R setting(s) {sorted(unknown)}; known: {sorted(names)}")
-        kw = {k: (None if v is None else tuple(v)) if k in ("scales", "codebook_fractions", "codebook_parts") else v
-              for k, v in m.items()}
-        return cls(**kw)
 
     @property
     def regional(self) -> bool:
@@ -292,16 +282,40 @@ def check_config(cfg: Any) -> None:
         raise ValueError("method=d2r has its own feature scales (method.scales): drop scales=... (keep [1])")
 
 
+METHOD_KEYS = ("name", "kernel", "aggregation", "detector", "boxes", "rmac_levels", "normalize", "features",
+               "codebook")
+
+
+def settings_from_method(m: Mapping[str, Any], seed: int = 0) -> Settings:
+    """:class:`Settings` from a ``conf/method/d2r.yaml`` section (``eval.py``'s ``method``, and the detector's
+    training callback, ``model.retrieval``); keys left out keep the :class:`Settings` defaults."""
+    unknown = set(m) - set(METHOD_KEYS)
+    if unknown:
+        raise ValueError(f"method=d2r: unknown setting(s) {sorted(unknown)} (the keys of conf/method/d2r.yaml: "
+                         f"{list(METHOD_KEYS)})")
+    kw: dict[str, Any] = {k: m[k] for k in ("kernel", "aggregation", "boxes", "normalize") if k in m}
+    if "rmac_levels" in m:
+        kw["rmac_levels"] = int(m["rmac_levels"])
+    det, feats, cb = m.get("detector") or {}, m.get("features") or {}, m.get("codebook") or {}
+    if "threshold" in det:
+        kw["threshold"] = float(det["threshold"])
+    if "max_boxes" in det:
+        kw["max_boxes"] = None if det["max_boxes"] is None else int(det["max_boxes"])
+    if "scales" in feats:
+        kw["scales"] = tuple(float(v) for v in feats["scales"])
+    if "max_features" in feats:
+        kw["max_features"] = int(feats["max_features"])
+    for key, field_name in (("K", "K"), ("dim", "dim"), ("niter", "niter"), ("n_images", "codebook_images"),
+                            ("per_image", "codebook_per_image")):
+        if key in cb:
+            kw[field_name] = int(cb[key])
+    if "dir" in cb:
+        kw["codebook_dir"] = None if cb["dir"] is None else str(cb["dir"])
+    return Settings(seed=int(seed), **kw, **_split(cb.get("split")))
+
+
 def settings_from_eval(cfg: Any) -> Settings:
-    m = cfg.method
-    cb, feats = m.codebook, m.features
-    return Settings(kernel=str(m.kernel), aggregation=str(m.aggregation), boxes=str(m.boxes),
-                    threshold=float(m.detector.threshold), rmac_levels=int(m.rmac_levels),
-                    max_boxes=None if m.detector.get("max_boxes") is None else int(m.detector.max_boxes),
-                    normalize=m.normalize, scales=tuple(float(v) for v in feats.scales),
-                    max_features=int(feats.max_features), K=int(cb.K), dim=int(cb.dim), niter=int(cb.niter),
-                    codebook_dir=None if cb.dir is None else str(cb.dir), codebook_images=int(cb.n_images),
-                    codebook_per_image=int(cb.per_image), seed=int(cfg.seed), **_split(cb.get("split")))
+    return settings_from_method(cfg.method, seed=int(cfg.seed))
 
 
 def _split(spec: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -384,16 +398,26 @@ def _on(device: Any, loader: Iterable[tuple[int, torch.Tensor | None]]) -> Itera
         yield i, (None if img is None else img.to(device))
 
 
-# ------------------------------------------------------------------------------------------------ callback
-class D2RRanker:
-    """What the retrieval callback runs for ``model=landmark_detector``: ASMK* on whole images, D2R-ASMK*
-    (regional search, max) and D2R-R-ASMK* with the detector being trained. The codebook is learned once, on
-    ``codebook_dir`` or else on the first benchmark evaluated (a validation one), and kept for every other; the
-    whole-image region and the queries are memoised per dataset: the retrieval backbone is frozen, only the boxes
-    change between evaluations."""
+class D2RRetriever(PipelineRetriever):
+    """``method=d2r`` (Teichmann et al.): detected regions, aggregated match kernels, inverted-file search.
 
-    def __init__(self, detector: torch.nn.Module, backbone: torch.nn.Module, settings: Settings,
-                 base_key: Mapping[str, Any]) -> None:
+    ``eval.py`` runs :meth:`rank` (the detector read from ``ckpt_path``). The detector's training callback runs the
+    same retriever with the network being trained (:meth:`for_network`, then called on each benchmark): ASMK* on
+    whole images, D2R-ASMK* (regional search, max) and D2R-R-ASMK*. There the codebook is learned once, on
+    ``method.codebook.dir`` or else on the first benchmark evaluated (a validation one), and kept for every other;
+    the whole-image region and the queries are memoised per dataset: the retrieval backbone is frozen, only the
+    boxes change between evaluations."""
+
+    check_config = staticmethod(check_config)
+    pipeline = staticmethod(run_d2r)
+    reads_checkpoint = True  # ckpt_path: the landmark detector
+    checkpoint_component = "detector_training_data"  # its training images, in results.json "learned"
+
+    @classmethod
+    def for_network(cls, detector: torch.nn.Module, backbone: torch.nn.Module, settings: Settings,
+                    base_key: Mapping[str, Any]) -> D2RRetriever:
+        """The retriever of a detector in training (``backbone``: the frozen local-feature extractor)."""
+        self = cls("d2r")
         self.detector, self.backbone, self.base_key = detector, backbone, dict(base_key)
         self.s = Settings(**{**settings.__dict__, "boxes": "detector", "aggregation": "r_asmk"})
         k = self.s.kernel
@@ -401,6 +425,7 @@ class D2RRanker:
         self._memo: dict[str, Any] = {}
         self._codebook: Codebook | None = None
         self.codebook_source: str | None = None
+        return self
 
     def __call__(self, data: RetrievalDataset, image_size: int, device: torch.device, cache_dir: str | None,
                  progress: bool) -> dict[str, np.ndarray]:
@@ -428,15 +453,6 @@ class D2RRanker:
         ranks, _ = rank_variants(enc, queries, self.s)
         return {self.names[n.split("/")[1]]: r for n, r in ranks.items()}
 
-
-class D2RRetriever(PipelineRetriever):
-    """``method=d2r`` (Teichmann et al.) as ``eval.py`` runs it: detected regions, aggregated match kernels,
-    inverted-file search."""
-
-    check_config = staticmethod(check_config)
-    pipeline = staticmethod(run_d2r)
-    reads_checkpoint = True  # ckpt_path: the landmark detector
-    checkpoint_component = "detector_training_data"  # its training images, in results.json "learned"
 
     def rank(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
              out_dir: Any, t0: float) -> Rankings:

@@ -22,44 +22,13 @@ from torchvision.ops import box_iou
 from ...backbones import Backbone, build_backbone
 from ...backbones.weights import weights_identity
 from ...data.features import FrozenEncoder, is_map
-from .pipeline import Settings, describe, score
+from .pipeline import LocalSimilarityRetriever, Settings
 from .pq import GridQuantizer
 from .network import (CKPT_KEY, LocalSimilarityNet, decode_boxes, encode_boxes,
                                        hard_pair_batch, load_local_similarity, local_similarity_loss)
 from ...frozen import FrozenBackboneCheckpoint
 
 log = logging.getLogger(__name__)
-
-
-class LocalSimilarityRanker:
-    """What the retrieval callback runs for this model: a dataset -> rankings by local+global fusion
-    (``local_similarity``), local similarity alone (``local``) and R-Match (``rmatch``) on the same grids.
-    Grids are memoised per dataset (and cached on disk) while the backbone is frozen: only the subnet trains.
-    With a ``quantizer`` (quantized fine-tuning) the gallery grids are stored by it, as ``eval.py`` does."""
-
-    names = {"local_global": "local_similarity", "local": "local", "rmatch": "rmatch"}
-
-    def __init__(self, net: LocalSimilarityNet, settings: Settings, base_key: dict[str, Any],
-                 quantizer: GridQuantizer | None = None) -> None:
-        self.net, self.settings, self.base_key, self.quantizer = net, settings, base_key, quantizer
-        self._memo: dict[str, Any] = {}
-
-    def __call__(self, data: Any, image_size: int, device: torch.device, cache_dir: str | None,
-                 progress: bool) -> dict[str, np.ndarray]:
-        frozen = self.net.finetune_layers == 0
-        key = f"{data.name}:{data.root}:{image_size}"
-        described = self._memo.get(key)
-        if described is None:
-            kw = dict(image_size=image_size, device=device, cache_root=cache_dir if frozen else None,
-                      base_key=self.base_key, progress=progress)
-            described = (describe(self.net, data, "db", **kw), describe(self.net, data, "query", **kw))
-            if frozen:  # fine-tuned layers change the grids at every step: never memoised
-                self._memo[key] = described
-        return self._rank(*described, device, progress)
-
-    def _rank(self, db: Any, q: Any, device: torch.device, progress: bool) -> dict[str, np.ndarray]:
-        out = score(self.net, db, q, self.settings, device, progress, quantizer=self.quantizer)
-        return {name: out["rankings"][mode] for mode, name in self.names.items()}
 
 
 class LocalSimilarityModule(FrozenBackboneCheckpoint, pl.LightningModule):
@@ -175,11 +144,12 @@ class LocalSimilarityModule(FrozenBackboneCheckpoint, pl.LightningModule):
                  "training locations)", self.quantizer.M, self.quantizer.bytes_per_vector(), sum(map(len, vecs)))
 
     # -- retrieval (used by the RetrievalEvaluation callback) ------------------------------------------
-    def retrieval_rankers(self) -> dict[str, LocalSimilarityRanker]:
+    def retrieval_rankers(self) -> dict[str, LocalSimilarityRetriever]:
+        """``method=local_similarity``'s retriever on the subnet being trained (``retrieval``: its method settings)."""
         if not hasattr(self, "_ranker"):
             key = {"backbone": self.backbone.name,
                    "weights": weights_identity(str(self.hparams.backbone.get("weights", "imagenet")), 0)}
-            self._ranker = LocalSimilarityRanker(self.net, self.settings, key)
+            self._ranker = LocalSimilarityRetriever.for_network(self.net, self.settings, key)
         self._ranker.quantizer = self.quantizer  # learned when fitting starts, or restored from a checkpoint
         return {"local_similarity": self._ranker}
 

@@ -303,12 +303,46 @@ def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, nu
 
 
 class LocalSimilarityRetriever(PipelineRetriever):
-    """``method=local_similarity`` (Chen et al.) as ``eval.py`` runs it: R-MAC shortlist, localization subnet on
-    feature grids, fusion with the global similarity."""
+    """``method=local_similarity`` (Chen et al.): R-MAC shortlist, localization subnet on feature grids, fusion
+    with the global similarity.
+
+    ``eval.py`` runs :meth:`rank` (the subnet read from ``ckpt_path``). The training callback runs the same
+    retriever with the subnet being trained (:meth:`for_network`, then called on each benchmark): rankings by
+    local+global fusion (``local_similarity``), local similarity alone (``local``) and R-Match (``rmatch``) on the
+    same grids. Grids are memoised per dataset (and cached on disk) while the backbone is frozen: only the subnet
+    trains. With a ``quantizer`` (quantized fine-tuning) the gallery grids are stored by it, as ``eval.py`` does."""
 
     check_config = staticmethod(check_config)
     pipeline = staticmethod(run_local)
     reads_checkpoint = True  # ckpt_path: the localization subnet, its grids and quantizer
+    names = {"local_global": "local_similarity", "local": "local", "rmatch": "rmatch"}  # training: mode -> name
+
+    @classmethod
+    def for_network(cls, net: torch.nn.Module, settings: Settings, base_key: dict[str, Any],
+                    quantizer: GridQuantizer | None = None) -> LocalSimilarityRetriever:
+        """The retriever of a subnet in training."""
+        self = cls("local_similarity")
+        self.net, self.settings, self.base_key, self.quantizer = net, settings, base_key, quantizer
+        self._memo: dict[str, Any] = {}
+        return self
+
+    def __call__(self, data: Any, image_size: int, device: torch.device, cache_dir: str | None,
+                 progress: bool) -> dict[str, np.ndarray]:
+        frozen = self.net.finetune_layers == 0
+        key = f"{data.name}:{data.root}:{image_size}"
+        described = self._memo.get(key)
+        if described is None:
+            kw = dict(image_size=image_size, device=device, cache_root=cache_dir if frozen else None,
+                      base_key=self.base_key, progress=progress)
+            described = (describe(self.net, data, "db", **kw), describe(self.net, data, "query", **kw))
+            if frozen:  # fine-tuned layers change the grids at every step: never memoised
+                self._memo[key] = described
+        return self._rank(*described, device, progress)
+
+    def _rank(self, db: Any, q: Any, device: torch.device, progress: bool) -> dict[str, np.ndarray]:
+        out = score(self.net, db, q, self.settings, device, progress, quantizer=self.quantizer)
+        return {name: out["rankings"][mode] for mode, name in self.names.items()}
+
 
     def rank(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
              out_dir: Any, t0: float) -> Rankings:

@@ -41,8 +41,8 @@ BACKBONE_PREFIX = "backbone."
 class LandmarkDetectorModule(pl.LightningModule):
     """``detector``: ``{arch, backbone_weights, trainable_backbone_layers, kwargs}`` (:func:`build_detector`);
     ``backbone``: the retrieval backbone (``{name, weights}``) for the callback's D2R rankers; ``optimizer``:
-    ``{lr, momentum, weight_decay, warmup_steps}``; ``retrieval``: D2R settings of the callback's rankers
-    (:class:`~..pipeline.Settings` fields); ``plots``: ``{dir, n_images, min_score}``."""
+    ``{lr, momentum, weight_decay, warmup_steps}``; ``retrieval``: the callback's ``method=d2r`` settings (the
+    schema of ``conf/method/d2r.yaml``); ``plots``: ``{dir, n_images, min_score}``."""
 
     def __init__(self, detector: dict[str, Any], backbone: dict[str, Any], optimizer: dict[str, Any],
                  retrieval: dict[str, Any] | None = None, plots: dict[str, Any] | None = None) -> None:
@@ -157,12 +157,14 @@ class LandmarkDetectorModule(pl.LightningModule):
 
     # -- retrieval callback ---------------------------------------------------------------------------
     def retrieval_rankers(self) -> dict[str, Any]:
+        """``method=d2r``'s retriever on the detector being trained (``retrieval``: its method settings)."""
         if not hasattr(self, "_ranker"):
-            from ..pipeline import D2RRanker, Settings
+            from ..pipeline import D2RRetriever, settings_from_method
 
             key = {"backbone": self.backbone.name,
                    "weights": weights_identity(str(self.hparams.backbone.get("weights", "imagenet")), 0)}
-            self._ranker = D2RRanker(self.net, self.backbone, Settings.from_cfg(self.hparams.retrieval or {}), key)
+            self._ranker = D2RRetriever.for_network(self.net, self.backbone,
+                                                    settings_from_method(self.hparams.retrieval or {}), key)
         return {"d2r": self._ranker}
 
     # -- checkpoints: the detector (for eval.py), without the frozen retrieval backbone --------------------
