@@ -36,8 +36,8 @@ def main() -> None:
     from lit_retrieval import pooling
     from lit_retrieval.backbones import build_backbone
     from lit_retrieval.data import load_dataset
-    from lit_retrieval.methods.aml import (count_all_windows, iou, localize, localize_exhaustive, pixels_to_cells,
-                                      power_integral, quantize)
+    from lit_retrieval.methods.aml import (AMLSettings, count_all_windows, iou, localize, localize_exhaustive,
+                                           pixels_to_cells, power_integral, quantize)
     from lit_retrieval.retrieval import ImageItem, image_loader
 
     torch.set_grad_enabled(False)
@@ -72,12 +72,12 @@ def main() -> None:
             n_all = count_all_windows(H, W)
             for t in args.steps:
                 for s in args.ratios:
-                    loc = localize(sat, q_mac[qi], q_ratio, step=t, max_ratio=s)
+                    loc = localize(sat, q_mac[qi], q_ratio, AMLSettings(step=t, max_ratio=s))
                     rows.setdefault((t, s), []).append((float(iou(loc.boxes.numpy(), opt)[0]),
                                                         100.0 * float(loc.evaluated[0]) / n_all))
             name = Path(ds.db_paths[d]).stem
             if name in pasted:
-                loc = localize(sat, q_mac[qi], q_ratio, step=3, max_ratio=1.1)
+                loc = localize(sat, q_mac[qi], q_ratio, AMLSettings(step=3, max_ratio=1.1))
                 with Image.open(ds.db_paths[d]) as im:
                     w0, h0 = im.size
                 truth = pixels_to_cells(np.array([pasted[name]], np.float64), (H, W), (h0, w0))

@@ -83,8 +83,9 @@ def main() -> None:
     from lit_retrieval.methods.detect_to_retrieve.boxes import rmac_boxes
     from lit_retrieval.methods.detect_to_retrieve.database import Database, encode_image, variant_name
     from lit_retrieval.methods.detect_to_retrieve.features import ActivationFeatures
-    from lit_retrieval.methods.detect_to_retrieve.pipeline import (Settings, codebook_paths, encode_database,
-                                                                   encode_queries, learn_or_load_codebook)
+    from lit_retrieval.methods.detect_to_retrieve.pipeline import (RegionEncoder, Settings, codebook_paths,
+                                                                   encode_database, encode_queries,
+                                                                   learn_or_load_codebook)
     from lit_retrieval.data.provenance import LearnedSets
     from lit_retrieval.methods.detect_to_retrieve.detector.models import load_detector
     from lit_retrieval.metrics import compare, evaluate_ranks, format_diff, uncertainty
@@ -114,8 +115,9 @@ def main() -> None:
 
     def describe(settings: Settings):
         t0 = time.perf_counter()
-        enc, regions = encode_database(image_loader(db_items, range(len(db_items)), 512), len(db_items), ext, cb,
-                                       settings, net, [("asmk_star", "none")], keep_regions=True)
+        enc, regions = encode_database(image_loader(db_items, range(len(db_items)), 512), len(db_items),
+                                       RegionEncoder(settings, ext, cb, net), [("asmk_star", "none")],
+                                       keep_regions=True)
         return enc, regions, (time.perf_counter() - t0) / len(db_items)
 
     def evaluate(regions, kernel: str, aggregation: str, normalize: str | bool = "paper"):

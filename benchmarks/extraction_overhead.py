@@ -1,7 +1,7 @@
 """Descriptor-extraction overhead: ``retrieval.extract`` on a folder vs the bare backbone on preloaded images.
 
-End-to-end = ``extract(items, method, backbone.normalize, image_size, num_workers=0, cache=None,
-progress=False)`` (eval.py's CPU default, ``num_workers=auto``: loading in-line; a forked loader process slows the
+End-to-end = ``extract(items, method, backbone.normalize, Loading(image_size, num_workers=0, progress=False))``
+(eval.py's CPU default, ``num_workers=auto``: loading in-line; a forked loader process slows the
 forward pass itself through copy-on-write page faults, see the num_workers=1 and diagnostic rows). Bare = the same
 images loaded and resized beforehand (untimed), then only ``method(backbone.normalize(x[None]))`` (backbone + pooling)
 under ``torch.inference_mode``. Passes are interleaved (bare, extract, bare, ...) and the median pass is kept.
@@ -29,7 +29,7 @@ from _timing import load_note, markdown_table, median_time, set_threads
 from lit_retrieval.backbones import build_backbone
 from lit_retrieval.data.images import load_for_retrieval
 from lit_retrieval.retrieval.extractor import loader_workers
-from lit_retrieval.retrieval import ImageItem, build_method, extract
+from lit_retrieval.retrieval import ImageItem, Loading, build_method, extract
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-samples"
 
@@ -102,8 +102,7 @@ def main() -> int:
             return np.stack([method(backbone.normalize(x[None]))[0].numpy() for x in images])
 
     def run_extract(workers: int, describe=method, its=items) -> np.ndarray:
-        return extract(its, describe, backbone.normalize, args.image_size, num_workers=workers, cache=None,
-                       progress=False)[0]
+        return extract(its, describe, backbone.normalize, Loading(args.image_size, workers, progress=False))[0]
 
     # Warm-up (first convolutions, DataLoader imports) and a correctness check on a few images.
     few = min(n, 4)

@@ -92,7 +92,7 @@ def main() -> None:
     from lit_retrieval.methods.local_similarity.network import stored_quantizer
     from lit_retrieval.metrics import evaluate_ranks
     from lit_retrieval.methods.local_similarity.network import load_local_similarity
-    from lit_retrieval.retrieval import build_method, dataset_items, extract, search
+    from lit_retrieval.retrieval import Loading, build_method, dataset_items, extract, search
 
     backbone = build_backbone("efficientnet_lite0", weights="imagenet")
     key = {"backbone": backbone.name, "weights": weights_identity("imagenet", 0)}
@@ -107,7 +107,7 @@ def main() -> None:
     for ds_name, extra in DATASETS.items():
         cfg = dataset_cfg(extra)
         data = load_dataset(cfg.dataset)
-        kw = dict(image_size=args.image_size, device="cpu", cache_root=str(cfg.cache.dir), base_key=key)
+        kw = dict(loading=Loading(args.image_size), cache_root=str(cfg.cache.dir), base_key=key)
 
         def maps(ranks):
             return evaluate_ranks(ranks.T, data.gnd, data.protocol)
@@ -127,8 +127,9 @@ def main() -> None:
 
         print(f"\n## {ds_name}: {data.n_db} database images, {data.n_queries} queries; mAP E / M / H (%)")
         gem = build_method("gem", backbone, p=3.0).eval()
-        g_db = extract(dataset_items(data, "db"), gem, backbone.normalize, args.image_size, progress=False)[0]
-        g_q = extract(dataset_items(data, "query"), gem, backbone.normalize, args.image_size, progress=False)[0]
+        loading = Loading(args.image_size, progress=False)
+        g_db = extract(dataset_items(data, "db"), gem, backbone.normalize, loading)[0]
+        g_q = extract(dataset_items(data, "query"), gem, backbone.normalize, loading)[0]
         main_out = run(args.main)
         r = main_out["rankings"]
         t4 = {"global: R-MAC (the shortlist's)": maps(r["global"]), "global: GeM": maps(search(g_q, g_db)[1]),

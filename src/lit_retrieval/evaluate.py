@@ -175,7 +175,7 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                            "query": [str(dataset.query_paths[i]) for i in q_skipped],
                            "count": len(db_skipped) + len(q_skipped)},
         "time_s": {"extract": round(run.time_s["extract"], 3), "search_qe": round(run.time_s["search_qe"], 4)},
-        **run.info,  # the method's own sections (e.g. "rerank", "d2r")
+        **run.info,  # the method's own sections (Rankings.info)
     }
     results["learned"] = learned.records
     if stages:

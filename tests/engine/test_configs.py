@@ -42,6 +42,12 @@ def test_every_experiment_composes(experiment, tmp_path):
     if str(cfg.monitor).startswith("retrieval/"):
         assert cfg.monitor.split("/")[1] in {k for k, v in r.datasets.items() if v is not None}
         assert cfg.monitor.split("/")[1] not in {k for k, v in (r.test_datasets or {}).items() if v is not None}
+    # the benchmarks built from a split of the training sources take their parts of the training data's split
+    split = cfg.data.get("split") if "data" in cfg else None
+    for c in [*(r.datasets or {}).values(), *(r.test_datasets or {}).values()]:
+        if c is not None and c.get("split") is not None and split is not None:
+            assert list(c.split.fractions) == list(split.fractions) and c.split.seed == split.seed, experiment
+            assert c.split.part != 0  # part 0 trains
 
 
 @pytest.mark.parametrize("group, name", [(g, n) for g in ("model", "data", "backbone", "trainer", "logger")

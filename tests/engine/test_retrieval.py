@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lit_retrieval.retrieval import DescriptorCache, ImageItem, describe_multiscale, expand_queries, extract, search
+from lit_retrieval.retrieval import (DescriptorCache, ImageItem, Loading, describe_multiscale, expand_queries, extract,
+                                     search)
 
 
 def _unit(rng, n, d):
@@ -69,14 +70,14 @@ def test_extract_cache_resumes_and_keys(tmp_path, images, monkeypatch):
     items = [ImageItem(p) for p in images]
     f = _Counting()
     cache = DescriptorCache(tmp_path / "cache", {"k": 1}, chunk_size=3)
-    d1, skipped = extract(items, f, lambda x: x, 64, cache=cache, num_workers=0, progress=False)
+    d1, skipped = extract(items, f, lambda x: x, Loading(64, progress=False), cache=cache)
     assert d1.shape == (7, 4) and skipped == [] and f.calls == 7
-    d2, _ = extract(items, f, lambda x: x, 64, cache=cache, num_workers=0, progress=False)
+    d2, _ = extract(items, f, lambda x: x, Loading(64, progress=False), cache=cache)
     assert f.calls == 7  # everything from the cache
     np.testing.assert_array_equal(d1, d2)
     # an interrupted run: drop the last chunk, only its images are recomputed
     (cache.dir / "chunk_000001.npz").unlink()
-    d3, _ = extract(items, f, lambda x: x, 64, cache=cache, num_workers=0, progress=False)
+    d3, _ = extract(items, f, lambda x: x, Loading(64, progress=False), cache=cache)
     assert f.calls == 10
     np.testing.assert_array_equal(d1, d3)
     # a different key never reads these entries
@@ -89,7 +90,7 @@ def test_extract_cache_resumes_and_keys(tmp_path, images, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        extract(items, boom, lambda x: x, 64, cache=cache, num_workers=0, progress=False)
+        extract(items, boom, lambda x: x, Loading(64, progress=False), cache=cache)
     assert sorted(p.name for p in cache.dir.glob("*.npz")) == ["chunk_000000.npz", "chunk_000001.npz"]
 
 
@@ -100,8 +101,8 @@ def test_extract_skip_bad_images(tmp_path, images, caplog):
     from lit_retrieval.data.errors import ImageLoadError
 
     with pytest.raises(ImageLoadError, match="bad.jpg"):
-        extract(items, _Counting(), lambda x: x, 64, num_workers=0, progress=False)
-    d, skipped = extract(items, _Counting(), lambda x: x, 64, num_workers=0, progress=False, skip_bad=True)
+        extract(items, _Counting(), lambda x: x, Loading(64, progress=False))
+    d, skipped = extract(items, _Counting(), lambda x: x, Loading(64, skip_bad=True, progress=False))
     assert skipped == [2] and not d[2].any() and d[0].any()
     assert "bad.jpg" in caplog.text
 
@@ -110,7 +111,7 @@ def test_extract_with_worker_and_query_boxes(images):
     """Queries are cropped to their box before description; images keep their own size (no crop)."""
     items = [ImageItem(images[0], (2.0, 3.0, 12.0, 15.0)), ImageItem(images[1])]
     size = lambda x: torch.tensor([[float(x.shape[-2]), float(x.shape[-1])]])  # noqa: E731
-    d, _ = extract(items, size, lambda x: x, 64, num_workers=1, progress=False)
+    d, _ = extract(items, size, lambda x: x, Loading(64, num_workers=1, progress=False))
     np.testing.assert_array_equal(d, [[12, 10], [21, 30]])
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import eval_cfg
 from lit_retrieval.evaluate import run_eval
-from lit_retrieval.retrieval import DescriptorCache, ImageItem, extract
+from lit_retrieval.retrieval import DescriptorCache, ImageItem, Loading, extract
 
 
 def _copy(tiny, tmp_path):
@@ -84,10 +84,10 @@ def test_a_cached_chunk_of_another_width_is_ignored_with_a_warning(tmp_path, cap
     def describe(x):
         return x.mean(dim=(2, 3))  # 3 channels
 
-    first, _ = extract(items, describe, lambda x: x, None, cache=cache, progress=False)
+    first, _ = extract(items, describe, lambda x: x, Loading(progress=False), cache=cache)
     cache.save(1, np.zeros((2, 5), np.float32), np.zeros(2, bool))  # damaged: 5 wide
     with caplog.at_level(logging.WARNING):
-        again, _ = extract(items, describe, lambda x: x, None, cache=cache, progress=False)
+        again, _ = extract(items, describe, lambda x: x, Loading(progress=False), cache=cache)
     assert np.allclose(again, first) and again.shape == (4, 3)
     assert "width 5, not 3" in caplog.text and "chunk_000001" in caplog.text
 

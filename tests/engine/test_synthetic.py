@@ -1,6 +1,7 @@
 """Tests of the cut-and-paste compositor, patch shuffle and synthetic benchmark builders."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -15,6 +16,8 @@ from PIL import Image
 
 from conftest import Exploit
 from lit_retrieval.data.synthetic import (
+    SHARED_SPEC,
+    BenchmarkSpec,
     CocoObjects,
     ImageFolderBackgrounds,
     ObjectInstance,
@@ -375,8 +378,9 @@ def test_build_from_shared_held_out_part_uses_only_its_images(tmp_path):
 
     coco, imagenet = _shared("coco128"), _shared("imagenet-samples")
     fractions = [0.5, 0.1, 0.4]
-    root = build_from_shared(coco, imagenet, tmp_path, n_queries=4, n_backgrounds=30, n_distractors=6,
-                             progress=False, split=(fractions, 0, 2), n_shuffled_negatives=0)
+    spec = dataclasses.replace(SHARED_SPEC, n_queries=4, n_distractors=6, n_shuffled_negatives=0)
+    root = build_from_shared(coco, imagenet, tmp_path, spec=spec, n_backgrounds=30, progress=False,
+                             split=(fractions, 0, 2))
     d = _load(root)
     part = {r.source for r in split_by_image(CocoObjects(coco).refs, fractions, 0)[2]}
     bgs = {str(p) for p in split_by_image(list_images(imagenet), fractions, 0)[2]}
@@ -399,7 +403,8 @@ def test_cocopaste_config_rejects_a_split_part_that_does_not_exist(tmp_path):
 
 def test_build_from_shared_splits_by_source_image(tmp_path):
     coco, imagenet = _shared("coco128"), _shared("imagenet-samples")
-    root = build_from_shared(coco, imagenet, tmp_path, n_queries=3, n_backgrounds=40, n_distractors=12, progress=False)
+    spec = dataclasses.replace(SHARED_SPEC, n_queries=3, n_distractors=12)
+    root = build_from_shared(coco, imagenet, tmp_path, spec=spec, n_backgrounds=40, progress=False)
     d = _load(root)
     assert len(d["qimlist"]) == 3 and len(d["imlist"]) == 3 * 6 + 3 * 5 + 12
     query_sources, distractor_sources = set(d["meta"]["query_sources"]), set(d["meta"]["distractor_sources"])
@@ -437,12 +442,12 @@ def test_cli(tmp_path, capsys):
 def test_build_benchmark_rejects_bad_requests(tmp_path, proc_objects):
     bgs = ProceduralBackgrounds(4, seed=0)
     with pytest.raises(ValueError, match="source images"):
-        build_benchmark(proc_objects, bgs, tmp_path, "x", n_queries=50, progress=False)
+        build_benchmark(proc_objects, bgs, tmp_path, "x", BenchmarkSpec(n_queries=50), progress=False)
     with pytest.raises(ValueError, match="positives_per_query"):
-        build_benchmark(proc_objects, bgs, tmp_path, "x", n_queries=1, positives_per_query={"medium": 1},
+        build_benchmark(proc_objects, bgs, tmp_path, "x", BenchmarkSpec(1, positives_per_query={"medium": 1}),
                         progress=False)
     with pytest.warns(UserWarning, match="reused"):
-        build_benchmark(proc_objects, bgs, tmp_path, "y", n_queries=1, n_distractors=2, progress=False)
+        build_benchmark(proc_objects, bgs, tmp_path, "y", BenchmarkSpec(1, n_distractors=2), progress=False)
     assert not [p for p in tmp_path.iterdir() if p.name != "y"]
 
 

@@ -51,7 +51,7 @@ from ..checkpoint import TRAINING_CONTENT
 from ..backbones.weights import weights_identity
 from ..loggers import log_table
 from ..metrics import compare, evaluate_ranks, format_diff, uncertainty
-from ..retrieval import DescriptorCache, build_method, dataset_items, extract, search
+from ..retrieval import DescriptorCache, Loading, build_method, dataset_items, extract, search
 from ..retrieval.extract import image_loader
 
 log = logging.getLogger(__name__)
@@ -314,9 +314,9 @@ class RetrievalEvaluation(pl.Callback):
             with torch.inference_mode():
                 local = np.concatenate([method(m.to(pl_module.device)[None]).float().cpu().numpy() for m in maps])
         else:
-            local, _ = extract(mine, method, pl_module.backbone.normalize, self.image_size,
-                               power=getattr(method, "power", 1.0), cache=cache, num_workers=0,
-                               desc=f"{data.name}/{part}", progress=trainer.is_global_zero, device=pl_module.device)
+            loading = Loading(self.image_size, device=pl_module.device, progress=trainer.is_global_zero)
+            local, _ = extract(mine, method, pl_module.backbone.normalize, loading,
+                               power=getattr(method, "power", 1.0), cache=cache, desc=f"{data.name}/{part}")
         return gather_rows(local, len(items), rank, world)
 
     def _frozen_maps(self, pl_module: pl.LightningModule, data: RetrievalDataset, part: str,

@@ -129,7 +129,8 @@ def scan_flat_samples(root: PathLike) -> list[Sample]:
     root = Path(root)
     if not root.is_dir():
         raise DataError("flat samples folder not found", root,
-                        "set data.root=... to a folder of <wnid>_<name>.JPEG files (e.g. ../shared/data/imagenet-samples)")
+                        "set data.root=... to a folder of <wnid>_<name>.JPEG files (e.g. "
+                        "../shared/data/imagenet-samples)")
     samples = [(f, imagenet_class_index(f.name.split("_", 1)[0], f)) for f in sorted(root.iterdir()) if _is_image(f)]
     if not samples:
         raise DataError("no <wnid>_<name>.JPEG image in the flat samples folder", root,
@@ -137,7 +138,8 @@ def scan_flat_samples(root: PathLike) -> list[Sample]:
     return samples
 
 
-def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2,
+                  seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """Split by file with a seeded permutation: ``round(n * val_fraction)`` files (at least one if the fraction
     is positive and there are two files) go to val. Both parts keep the input order; same input, same split."""
     if not 0.0 <= val_fraction < 1.0:
@@ -402,7 +404,8 @@ class SeededShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         rank, world = self._world()
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = (np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
         if self.n:
             order = np.resize(order, math.ceil(self.n / world) * world)  # pads by repeating from the start
         return iter(order[rank::world].tolist())
@@ -496,7 +499,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             train, val = scan_imagenet_folder(self.data_root, "train"), scan_imagenet_folder(self.data_root, "val")
         self.train_set = ClassificationDataset(limit_samples(train, self.limit_train, self.seed),
                                                self.train_transform, self.seed)
-        self.val_set = ClassificationDataset(limit_samples(val, self.limit_val, self.seed), self.val_transform, self.seed)
+        self.val_set = ClassificationDataset(limit_samples(val, self.limit_val, self.seed), self.val_transform,
+                                             self.seed)
         if self.features == "cached":
             self.train_set, self.val_set = (self._cached(ds, name) for ds, name in
                                             ((self.train_set, "training images"), (self.val_set, "validation images")))
@@ -524,7 +528,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         return self.train_set, self.val_set
 
     def _loader(self, dataset: ClassificationDataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=SeededShuffleSampler(dataset, self.seed, shuffle),
+        return DataLoader(dataset, batch_size=self.batch_size,
+                          sampler=SeededShuffleSampler(dataset, self.seed, shuffle),
                           num_workers=self.num_workers, drop_last=False, persistent_workers=False,
                           pin_memory=torch.cuda.is_available())
 

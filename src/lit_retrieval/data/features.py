@@ -316,5 +316,5 @@ def model_encoder(datamodule: Any) -> FrozenEncoder:
     return make()
 
 
-__all__ = ["FEATURE_MODES", "STORE_DEFAULTS", "STORE_DTYPES", "CachedItems", "FeatureStore", "FrozenEncoder", "check_mode",
-           "feature_options", "fill_store", "is_map", "model_encoder"]
+__all__ = ["FEATURE_MODES", "STORE_DEFAULTS", "STORE_DTYPES", "CachedItems", "FeatureStore", "FrozenEncoder",
+           "check_mode", "feature_options", "fill_store", "is_map", "model_encoder"]

@@ -6,6 +6,8 @@ cut-and-paste benchmark built from COCO-format objects and a background folder, 
 """
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,7 +49,7 @@ def load_dataset(cfg: Mapping[str, Any]) -> RetrievalDataset:
 
 
 def _load_cocopaste(cfg: Mapping[str, Any]) -> RetrievalDataset:
-    from .synthetic import build_from_shared, shuffle_dataset
+    from .synthetic import SHARED_SPEC, build_from_shared, shuffle_dataset
 
     coco, backgrounds = Path(_get(cfg, "coco_dir")), Path(_get(cfg, "backgrounds_dir"))
     for folder, what in ((coco, "coco_dir (COCO-format objects)"), (backgrounds, "backgrounds_dir")):
@@ -58,6 +60,7 @@ def _load_cocopaste(cfg: Mapping[str, Any]) -> RetrievalDataset:
     seed, nq = int(_get(cfg, "seed", 0)), int(_get(cfg, "n_queries", 24))
     name = f"{_get(cfg, 'name', 'cocopaste')}-s{seed}-q{nq}"
     kw: dict[str, Any] = {}
+    spec: dict[str, Any] = {"seed": seed, "n_queries": nq}
     split = _get(cfg, "split", None)
     if split is not None:  # build from one part of an image split (the others train, e.g. data=synthetic_pairs)
         fractions, part = [float(f) for f in split["fractions"]], int(split["part"])
@@ -66,16 +69,16 @@ def _load_cocopaste(cfg: Mapping[str, Any]) -> RetrievalDataset:
                             "pick the held-out part's index (e.g. 2 for fractions [0.5, 0.1, 0.4])")
         kw["split"] = (fractions, int(split.get("seed", 0)), part)
         name += f"-p{part}of" + "_".join(f"{f:g}" for f in fractions) + f"-ss{kw['split'][1]}"
-    for key in ("n_distractors", "n_backgrounds"):
+    for key, into in (("n_distractors", spec), ("n_backgrounds", kw)):
         if _get(cfg, key, None) is not None:
-            kw[key] = int(cfg[key])
-            name += f"-{key[2]}{kw[key]}"
+            into[key] = int(cfg[key])
+            name += f"-{key[2]}{into[key]}"
     if _get(cfg, "n_shuffled", None) is not None:  # patch-shuffled copies inside the build (default: all)
-        kw["n_shuffled_negatives"] = int(cfg["n_shuffled"])
-        name += f"-shf{kw['n_shuffled_negatives']}"
+        spec["n_shuffled_negatives"] = int(cfg["n_shuffled"])
+        name += f"-shf{spec['n_shuffled_negatives']}"
     out_root = Path(_get(cfg, "cache_dir"))
     if not (out_root / name / f"gnd_{name}.pkl").exists():
-        build_from_shared(coco, backgrounds, out_root, name=name, seed=seed, n_queries=nq, **kw)
+        build_from_shared(coco, backgrounds, out_root, name, dataclasses.replace(SHARED_SPEC, **spec), **kw)
     copies = int(_get(cfg, "shuffle_copies", 0))
     if copies:  # Chen et al.'s OxfShf construction on top: `copies` shuffled negatives per positive
         shf = f"{name}-x{copies}"

@@ -27,6 +27,21 @@ Describe = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Loading:
+    """How a run reads and feeds its images: the long side of database images (``image_size``; queries are cropped
+    to their box and keep the full image's scale), loader processes, unreadable files skipped (``skip_bad``,
+    logged) or refused, the EXIF orientation applied or not, the device and whether progress bars show
+    (``eval.py``'s ``image_size``, ``num_workers``, ``skip_bad_images``, ``exif_transpose``, ``device``)."""
+
+    image_size: int | None = None
+    num_workers: int = 0
+    skip_bad: bool = False
+    exif_transpose: bool = False
+    device: str | torch.device = "cpu"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class ImageItem:
     path: Path
     bbx: tuple[float, float, float, float] | None = None
@@ -84,15 +99,14 @@ def describe_multiscale(describe: Describe, image: torch.Tensor, scales: Sequenc
 
 
 def extract(items: Sequence[ImageItem], describe: Describe, normalize: Callable[[torch.Tensor], torch.Tensor],
-            image_size: int | None, scales: Sequence[float] = (1.0,), power: float = 1.0,
-            cache: DescriptorCache | None = None, num_workers: int = 1, skip_bad: bool = False,
-            exif_transpose: bool = False, desc: str = "extract", progress: bool = True,
-            device: str | torch.device = "cpu") -> tuple[np.ndarray, list[int]]:
+            loading: Loading, scales: Sequence[float] = (1.0,), power: float = 1.0,
+            cache: DescriptorCache | None = None, desc: str = "extract") -> tuple[np.ndarray, list[int]]:
     """Descriptors (``N×D`` float32) of ``items`` and the indices of images skipped as unreadable.
 
-    Skipped images (only with ``skip_bad=True``; each is logged) get a zero descriptor. With a ``cache``,
+    Skipped images (only with ``loading.skip_bad``; each is logged) get a zero descriptor. With a ``cache``,
     chunks already on disk are loaded and only the missing ones are computed and saved as they complete.
     """
+    device, progress = loading.device, loading.progress
     n = len(items)
     ranges = cache.chunks(n) if cache is not None else [range(0, n)]
     done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -113,7 +127,8 @@ def extract(items: Sequence[ImageItem], describe: Describe, normalize: Callable[
     if indices:
         if done:
             log.info("%s: %d of %d images cached, extracting the rest", desc, n - len(indices), n)
-        loader = image_loader(items, indices, image_size, num_workers, skip_bad, exif_transpose)
+        loader = image_loader(items, indices, loading.image_size, loading.num_workers, loading.skip_bad,
+                              loading.exif_transpose)
         pending: dict[int, tuple[np.ndarray | None, bool]] = {}
         chunk_of = {i: c for c in todo for i in ranges[c]}
         dim = None

@@ -11,7 +11,7 @@ from ..backbones.weights import weights_identity
 from ..data import RetrievalDataset
 from ..data.provenance import item_keys
 from .cache import DescriptorCache
-from .extract import dataset_items, extract
+from .extract import Loading, dataset_items, extract
 
 
 def loader_workers(setting: int | str, device: str) -> int:
@@ -22,6 +22,13 @@ def loader_workers(setting: int | str, device: str) -> int:
     if setting == "auto":
         return 0 if str(device).startswith("cpu") else 2
     return int(setting)
+
+
+def loading(cfg: DictConfig, progress: bool = True) -> Loading:
+    """eval.py's image options: ``image_size``, ``num_workers`` (``auto``: :func:`loader_workers`),
+    ``skip_bad_images``, ``exif_transpose``, ``device``."""
+    return Loading(cfg.image_size, loader_workers(cfg.num_workers, cfg.device), bool(cfg.skip_bad_images),
+                   bool(cfg.get("exif_transpose", False)), cfg.device, progress)
 
 
 def backbone_key(cfg: DictConfig, backbone: Backbone) -> dict[str, str]:
@@ -51,9 +58,6 @@ class DescriptorExtractor:
             key = {**self.base_key, "dataset": dataset.name, "root": str(dataset.root), "part": part,
                    "items": item_keys(items)}
             cache = DescriptorCache(self.cfg.cache.dir, key)
-        return extract(items, self.method, self.backbone.normalize, self.cfg.image_size,
+        return extract(items, self.method, self.backbone.normalize, loading(self.cfg),
                        scales=[float(s) for s in self.cfg.scales], power=self.method.power, cache=cache,
-                       num_workers=loader_workers(self.cfg.num_workers, self.cfg.device),
-                       skip_bad=bool(self.cfg.skip_bad_images),
-                       exif_transpose=bool(self.cfg.exif_transpose), desc=f"{dataset.name}/{part}",
-                       device=self.cfg.device)
+                       desc=f"{dataset.name}/{part}")

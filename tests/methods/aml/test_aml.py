@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_retrieval.methods.aml.aml import localize, localize_exhaustive, refine, window_scores
+from lit_retrieval.methods.aml.aml import AMLSettings, localize, localize_exhaustive, refine, window_scores
 from lit_retrieval.methods.aml.integral import (aml_c_root, approx_region_max, exact_region_max, generalized_max,
                                            power_integral, window_sums)
 from lit_retrieval.methods.aml.windows import (candidate_windows, cells_to_pixels, count_all_windows, grid_windows, iou,
@@ -130,7 +130,7 @@ def test_aml_c_root_changes_only_the_window_scores_root():
         want = (f @ (q / q.norm())) / f.norm(dim=-1).clamp_min(1e-12)
         torch.testing.assert_close(window_scores(sat, boxes, q, root=root), want)
     assert not torch.allclose(window_scores(sat, boxes, q, root="aml_c"), window_scores(sat, boxes, q))
-    loc = localize(sat, q, 1.0, root="aml_c")
+    loc = localize(sat, q, 1.0, AMLSettings(root="aml_c"))
     f = generalized_max(window_sums(sat, loc.boxes.unsqueeze(1)), 10.0, "aml_c")
     torch.testing.assert_close(loc.scores, (f @ (q / q.norm()))[:, 0] / f.norm(dim=-1)[:, 0])
 

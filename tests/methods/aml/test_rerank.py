@@ -10,8 +10,9 @@ import torch
 from conftest import eval_cfg
 from lit_retrieval import pooling
 from lit_retrieval.evaluate import run_eval
-from lit_retrieval.methods.aml import (Reranked, WindowDescriptor, generalized_max, power_integral, rerank_shortlist,
-                                  window_descriptors, window_query_expansion, window_scores, window_sums)
+from lit_retrieval.methods.aml import (AMLQuery, AMLSettings, Reranked, WindowDescriptor, Workspace, generalized_max,
+                                      power_integral, rerank_shortlist, window_descriptors, window_query_expansion,
+                                      window_scores, window_sums)
 from lit_retrieval.methods.aml.rerank import _window_regions
 
 def _levels(B=4, C=32, H=12, W=16, seed=0):
@@ -62,9 +63,10 @@ def test_rerank_shortlist_brings_the_object_images_first_and_sinks_missing_maps(
     q[:8] = 8.0
     q_desc = pooling.l2n(q).numpy()
     loaded = []
-    timer = {}
-    r = rerank_shortlist([None if m is None else m.shape for m in maps], lambda i: loaded.append(i) or maps[i], q,
-                         q_desc, 5 / 7, WindowDescriptor("mac"), timer=timer)
+    ws = Workspace()
+    r = rerank_shortlist([None if m is None else m.shape for m in maps], lambda i: loaded.append(i) or maps[i],
+                         AMLQuery(q, q_desc, 5 / 7), WindowDescriptor("mac"), workspace=ws)
+    timer = ws.timer
     assert sorted(loaded) == [0, 1, 2, 4, 5, 6] and set(timer) == {"load", "integral", "localize", "describe"}
     assert sorted(r.order.tolist()) == list(range(7))
     assert set(r.order[:2].tolist()) == {2, 5}
@@ -165,9 +167,10 @@ def test_rerank_shortlist_options_change_only_their_stage():
     q_desc = pooling.l2n(q).numpy()
     shapes = [m.shape for m in maps]
 
-    def run(**kw):
-        return rerank_shortlist(shapes, lambda i: maps[i], q, q_desc, 5 / 7, WindowDescriptor("mac", power=kw.pop(
-            "power", None)), whiten=lambda v: v[:, ::-1].copy(), **kw)
+    def run(power=None, **aml):
+        return rerank_shortlist(shapes, lambda i: maps[i], AMLQuery(q, q_desc, 5 / 7),
+                                WindowDescriptor("mac", power=power), AMLSettings(**aml),
+                                whiten=lambda v: v[:, ::-1].copy())
 
     base, powered, rooted = run(), run(power=2.0), run(root="aml_c")
     # window_power: same windows, descriptors power-law'd before the L2 and the whitening (here a flip)

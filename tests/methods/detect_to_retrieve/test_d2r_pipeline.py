@@ -13,7 +13,7 @@ from torch import nn
 from lit_retrieval.backbones import Backbone
 from lit_retrieval.methods.detect_to_retrieve.codebook import learn_codebook
 from lit_retrieval.methods.detect_to_retrieve.features import ActivationFeatures, crop
-from lit_retrieval.methods.detect_to_retrieve.pipeline import (Settings, encode_database, image_boxes,
+from lit_retrieval.methods.detect_to_retrieve.pipeline import (RegionEncoder, Settings, encode_database, image_boxes,
                                                              settings_from_method, stage_variants)
 
 
@@ -53,8 +53,8 @@ def setup():
 
 def _encode(setup, detector, s, **kw):
     images, ext, cb = setup
-    return encode_database(enumerate(images), len(images), ext, cb, s, detector, stage_variants(s),
-                           keep_regions=True, progress=False, **kw)
+    return encode_database(enumerate(images), len(images), RegionEncoder(s, ext, cb, detector), stage_variants(s),
+                           keep_regions=True, progress=None, **kw)
 
 
 def test_whole_image_always_region_zero(setup):

@@ -15,6 +15,7 @@ from lit_retrieval.data import load_dataset
 from lit_retrieval.methods.local_similarity import (GalleryGrids, GridQuantizer, Settings, describe, local_scores,
                                                     run_local)
 from lit_retrieval.methods.local_similarity.pipeline import check_config
+from lit_retrieval.retrieval import Loading
 from lit_retrieval.methods.local_similarity.network import CKPT_KEY, LocalSimilarityNet, load_local_similarity
 
 GRID, QGRID = 6, 3  # small grids keep the subnet and k-means cheap
@@ -97,8 +98,8 @@ def _run(cfg, backbone):
 
 def _db_grids(cfg, backbone, data) -> np.ndarray:
     """The raw gallery grids of ``data`` (from the run's descriptor cache)."""
-    return describe(load_local_similarity(str(cfg.ckpt_path), backbone), data, "db", image_size=64, device="cpu",
-                    cache_root=str(cfg.cache.dir), base_key=KEY, progress=False).grids
+    return describe(load_local_similarity(str(cfg.ckpt_path), backbone), data, "db", Loading(64, progress=False),
+                    cache_root=str(cfg.cache.dir), base_key=KEY).grids
 
 
 def test_eval_uses_the_quantizer_stored_in_the_checkpoint(tmp_path, cache, tiny, backbone, learned):
@@ -114,8 +115,7 @@ def test_eval_uses_the_quantizer_stored_in_the_checkpoint(tmp_path, cache, tiny,
     assert out["info"]["bytes_per_image"]["stored"] == L * 2  # 4 sub-vectors × 4 bits per location
     # S_local is the subnet's on the stored quantizer's reconstructions of the gallery grids
     net = load_local_similarity(str(ckpt), backbone)
-    q = describe(net, data, "query", image_size=64, device="cpu", cache_root=str(cfg.cache.dir), base_key=KEY,
-                 progress=False).grids
+    q = describe(net, data, "query", Loading(64, progress=False), cache_root=str(cfg.cache.dir), base_key=KEY).grids
     store = GalleryGrids(grids, (GRID, GRID), ref)
     for i in range(len(q)):
         q_grid = torch.from_numpy(q[i]).view(QGRID, QGRID, D).permute(2, 0, 1)

@@ -53,7 +53,8 @@ class ImageFolderBackgrounds:
         self.root = Path(root) if root is not None else None
         files = list_images(root) if root is not None else [Path(p) for p in paths or []]
         if not files:
-            raise FileNotFoundError(f"no .jpg/.jpeg/.png images found in {root or 'the given paths'}; add background images")
+            raise FileNotFoundError(f"no .jpg/.jpeg/.png images found in {root or 'the given paths'}; add background "
+                                    "images")
         if max_images is not None and max_images < len(files):
             keep = np.sort(np.random.default_rng(seed).choice(len(files), size=max_images, replace=False))
             files = [files[i] for i in keep]
@@ -71,7 +72,8 @@ class ImageFolderBackgrounds:
         return load_rgb(self.paths[index])
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "folder", "root": str(self.root) if self.root else None, "n": len(self.paths), "seed": self.seed}
+        return {"kind": "folder", "root": str(self.root) if self.root else None, "n": len(self.paths),
+                "seed": self.seed}
 
 
 def resize_long_side(image: np.ndarray, long_side: int | None) -> np.ndarray:

@@ -157,30 +157,11 @@ def _paste_record(ref: ObjectRef, role: str, query: int | None, label: str | Non
             "transform": info["transform"], "background": background}
 
 
-def build_benchmark(
-    objects: ObjectSource,
-    backgrounds: BackgroundSource,
-    out_root: str | Path,
-    name: str,
-    n_queries: int,
-    positives_per_query: Mapping[str, int] | None = None,
-    n_shuffled_negatives: int | None = None,
-    n_distractors: int = 30,
-    distractor_objects: tuple[int, int] = (0, 2),
-    image_size: int | None = None,
-    seed: int = 0,
-    presets: Mapping[str, PasteParams] | None = None,
-    grid: int = 10,
-    jpeg_quality: int = 90,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Build ``<out_root>/<name>`` (see the module docstring) and return that folder.
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """What a generated benchmark holds (:func:`build_benchmark`).
 
-    Args:
-        objects: instance source; queries and distractor objects are drawn from it, split by source image.
-        backgrounds: background source (``keys`` / ``load``); each database image gets its own background
-            while there are enough (a warning says when some must be reused).
+    Attributes:
         n_queries: number of queries, each from a different source image.
         positives_per_query: pastes per label, default ``{"easy": 3, "hard": 2, "junk": 1}``.
         n_shuffled_negatives: how many easy/hard positives get a patch-shuffled copy (``None``: all).
@@ -191,11 +172,40 @@ def build_benchmark(
         seed: everything is determined by it.
         presets: paste parameters per label (``easy``, ``hard``, ``junk``, ``distractor``), default ``PRESETS``.
         grid: patch-shuffle grid.
+        jpeg_quality: of every written image.
+    """
+
+    n_queries: int
+    positives_per_query: Mapping[str, int] | None = None
+    n_shuffled_negatives: int | None = None
+    n_distractors: int = 30
+    distractor_objects: tuple[int, int] = (0, 2)
+    image_size: int | None = None
+    seed: int = 0
+    presets: Mapping[str, PasteParams] | None = None
+    grid: int = 10
+    jpeg_quality: int = 90
+
+
+def build_benchmark(objects: ObjectSource, backgrounds: BackgroundSource, out_root: str | Path, name: str,
+                    spec: BenchmarkSpec, overwrite: bool = False, progress: bool = True) -> Path:
+    """Build ``<out_root>/<name>`` (see the module docstring) as ``spec`` says and return that folder.
+
+    Args:
+        objects: instance source; queries and distractor objects are drawn from it, split by source image.
+        backgrounds: background source (``keys`` / ``load``); each database image gets its own background
+            while there are enough (a warning says when some must be reused).
+        spec: the queries, positives, distractors, sizes and seed (:class:`BenchmarkSpec`).
         overwrite: replace an existing ``<out_root>/<name>``.
         progress: show a tqdm bar.
 
     The folder is built in a temporary sibling and renamed at the end: it is either complete or absent.
     """
+    n_queries, positives_per_query, n_shuffled_negatives = spec.n_queries, spec.positives_per_query, \
+        spec.n_shuffled_negatives
+    n_distractors, distractor_objects, image_size, seed = spec.n_distractors, spec.distractor_objects, \
+        spec.image_size, spec.seed
+    presets, grid, jpeg_quality = spec.presets, spec.grid, spec.jpeg_quality
     positives = dict(DEFAULT_POSITIVES if positives_per_query is None else positives_per_query)
     unknown = set(positives) - set(LABELS)
     if unknown or any(v < 0 for v in positives.values()):

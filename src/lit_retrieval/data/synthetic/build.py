@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .backgrounds import ImageFolderBackgrounds
-from .benchmark import DEFAULT_POSITIVES, LABELS, build_benchmark
+from .benchmark import DEFAULT_POSITIVES, LABELS, BenchmarkSpec, build_benchmark
 from .objects import CocoObjects
 from .procedural import ProceduralBackgrounds, ProceduralObjects
 from .shuffle import shuffle_dataset
@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--objects", default="procedural",
-                   help="'procedural' (the embedded generated objects) or 'coco:DIR' with DIR/annotations/instances.json "
+                   help="'procedural' (the embedded generated objects) or 'coco:DIR' with "
+                   "DIR/annotations/instances.json "
                         "and DIR/images/")
     p.add_argument("--backgrounds", default=None,
                    help="folder of background images (recursive .jpg/.jpeg/.png) or 'procedural'; default: procedural "
@@ -89,9 +90,10 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         backgrounds = ImageFolderBackgrounds(args.backgrounds, max_images=args.max_backgrounds, seed=args.seed)
         image_size = image_size or 384
-    out = build_benchmark(objects, backgrounds, args.out, args.name, args.queries, positives_per_query=args.positives,
-                          n_shuffled_negatives=args.shuffled, n_distractors=args.distractors, image_size=image_size,
-                          seed=args.seed, grid=args.grid, overwrite=args.overwrite, progress=progress)
+    spec = BenchmarkSpec(args.queries, positives_per_query=args.positives, n_shuffled_negatives=args.shuffled,
+                         n_distractors=args.distractors, image_size=image_size, seed=args.seed, grid=args.grid)
+    out = build_benchmark(objects, backgrounds, args.out, args.name, spec, overwrite=args.overwrite,
+                          progress=progress)
     print(out)
     return out
 

@@ -118,22 +118,26 @@ def _geometry(obj: ObjectInstance, t: PasteTransform) -> tuple[np.ndarray, np.nd
     if t.flip:
         rgb, mask = rgb[:, ::-1], mask[:, ::-1]
     rgb_im = Image.fromarray(np.ascontiguousarray(rgb)).resize((t.width, t.height), Image.Resampling.BICUBIC)
-    alpha_im = Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8) * 255).resize((t.width, t.height), Image.Resampling.BILINEAR)
+    alpha_im = Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8) * 255).resize((t.width, t.height),
+                                                                                         Image.Resampling.BILINEAR)
     small_mask = np.asarray(alpha_im) >= 128
-    rgb_im = Image.fromarray(jitter_colors(np.asarray(rgb_im), small_mask, t.brightness, t.contrast, t.saturation, t.hue))
+    rgb_im = Image.fromarray(jitter_colors(np.asarray(rgb_im), small_mask, t.brightness, t.contrast, t.saturation,
+                                           t.hue))
     if t.angle:
         rgb_im = rgb_im.rotate(t.angle, resample=Image.Resampling.BICUBIC, expand=True)
         alpha_im = alpha_im.rotate(t.angle, resample=Image.Resampling.BILINEAR, expand=True)
     alpha = np.asarray(alpha_im, dtype=np.float32) / 255.0
     binary = alpha >= 0.5
     if not binary.any():
-        raise ValueError(f"object {obj.ann_id} from {obj.source_path} vanishes at {t.width}x{t.height} px; paste it larger")
+        raise ValueError(f"object {obj.ann_id} from {obj.source_path} vanishes at {t.width}x{t.height} px; paste it "
+                         "larger")
     rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
     sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     return np.asarray(rgb_im)[sl], alpha[sl], binary[sl]
 
 
-def compose(background: np.ndarray, obj: ObjectInstance, t: PasteTransform) -> tuple[np.ndarray, Box | None, dict[str, Any]]:
+def compose(background: np.ndarray, obj: ObjectInstance,
+            t: PasteTransform) -> tuple[np.ndarray, Box | None, dict[str, Any]]:
     """Apply a concrete transform: ``(image, box or None if nothing is visible, info)``."""
     rgb, alpha, binary = _geometry(obj, t)
     return _blend(background, rgb, alpha, binary, t)
@@ -214,7 +218,8 @@ def sample_transform(rng: np.random.Generator, obj: ObjectInstance, canvas_hw: t
     flip = bool(rng.random() < params.flip_prob)
     hue = _sample_range(rng, params.hue) * (1 if rng.random() < 0.5 else -1)
     return PasteTransform(width, height, round(angle, 4), flip, round(_sample_range(rng, params.brightness), 4),
-                          round(_sample_range(rng, params.contrast), 4), round(_sample_range(rng, params.saturation), 4),
+                          round(_sample_range(rng, params.contrast), 4),
+                          round(_sample_range(rng, params.saturation), 4),
                           round(hue, 4), 0, 0, float(params.feather))
 
 

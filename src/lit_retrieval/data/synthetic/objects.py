@@ -59,9 +59,11 @@ class ObjectInstance:
 
     def __post_init__(self) -> None:
         if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
-            raise ValueError(f"object {self.ref.ann_id}: rgb must be (h, w, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
+            raise ValueError(f"object {self.ref.ann_id}: rgb must be (h, w, 3) uint8, got {self.rgb.shape} "
+                             f"{self.rgb.dtype}")
         if self.mask.shape != self.rgb.shape[:2]:
-            raise ValueError(f"object {self.ref.ann_id}: mask {self.mask.shape} does not match rgb {self.rgb.shape[:2]}")
+            raise ValueError(f"object {self.ref.ann_id}: mask {self.mask.shape} does not match rgb "
+                             f"{self.rgb.shape[:2]}")
         if not self.mask.any():
             raise ValueError(f"object {self.ref.ann_id} from {self.ref.source}: empty mask")
 
@@ -121,7 +123,8 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to an (h, w) bool mask."""
     if isinstance(segmentation, list):
         if not segmentation or not all(isinstance(p, list) and len(p) >= 6 for p in segmentation):
-            raise ValueError("polygon segmentation must be a non-empty list of [x1, y1, x2, y2, ...] lists of >= 3 points")
+            raise ValueError("polygon segmentation must be a non-empty list of [x1, y1, x2, y2, ...] lists of >= 3 "
+                             "points")
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if list(segmentation["size"]) != [height, width]:
@@ -191,16 +194,19 @@ class CocoObjects:
             if w < min_size or h < min_size:
                 continue
             if ann["image_id"] not in self._images:
-                raise ValueError(f"{self.ann_file}: annotation {ann['id']} refers to unknown image_id {ann['image_id']}")
+                raise ValueError(f"{self.ann_file}: annotation {ann['id']} refers to unknown image_id "
+                                 f"{ann['image_id']}")
             file_name = self._images[ann["image_id"]]["file_name"]
             category = categories.get(ann.get("category_id"), str(ann.get("category_id")))
-            refs.append(ObjectRef(int(ann["id"]), int(ann["image_id"]), str(self.image_dir / file_name), category, (x, y, x + w, y + h)))
+            refs.append(ObjectRef(int(ann["id"]), int(ann["image_id"]), str(self.image_dir / file_name), category,
+                                  (x, y, x + w, y + h)))
             self._anns[int(ann["id"])] = ann
         self.refs: tuple[ObjectRef, ...] = tuple(refs)
         absent = sorted({r.source for r in refs if not Path(r.source).is_file()})
         if absent:
             raise FileNotFoundError(
-                f"{len(absent)} image(s) listed in {self.ann_file} are missing from {self.image_dir}, e.g. {absent[:3]}; "
+                f"{len(absent)} image(s) listed in {self.ann_file} are missing from {self.image_dir}, e.g. "
+                f"{absent[:3]}; "
                 "copy them there or remove their entries from the annotation file"
             )
 
@@ -247,7 +253,8 @@ def _read_coco_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"COCO annotation file {path} is not valid JSON ({e}); re-export or re-download it") from e
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+    if (not isinstance(data, dict) or not isinstance(data.get("images"), list)
+            or not isinstance(data.get("annotations"), list)):
         raise ValueError(
             f"COCO annotation file {path} must be a JSON object with 'images' and 'annotations' lists "
             "(the official instances_*.json layout)"

@@ -106,7 +106,8 @@ def procedural_background(rng: np.random.Generator, width: int, height: int) -> 
     """A natural-ish (height, width, 3) uint8 texture: gradient + multi-octave noise + low-contrast shapes."""
     hue = rng.random()
     c0 = hsv_to_rgb(hue, rng.uniform(0.1, 0.45), rng.uniform(0.35, 0.85)).astype(np.float32)[:, None, None]
-    c1 = hsv_to_rgb(hue + rng.uniform(-0.12, 0.12), rng.uniform(0.1, 0.45), rng.uniform(0.25, 0.8)).astype(np.float32)[:, None, None]
+    c1 = hsv_to_rgb(hue + rng.uniform(-0.12, 0.12), rng.uniform(0.1, 0.45),
+                    rng.uniform(0.25, 0.8)).astype(np.float32)[:, None, None]
     a = rng.uniform(0, 2 * np.pi)
     t = np.arange(width, dtype=np.float32)[None, :] * np.float32(np.cos(a)) + \
         np.arange(height, dtype=np.float32)[:, None] * np.float32(np.sin(a))
@@ -240,7 +241,8 @@ def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
-def render_object(rng: np.random.Generator, width: int, height: int, shape: str, pattern: str) -> tuple[np.ndarray, np.ndarray]:
+def render_object(rng: np.random.Generator, width: int, height: int, shape: str,
+                  pattern: str) -> tuple[np.ndarray, np.ndarray]:
     """A textured shape filling a (height, width) box: ``(rgb uint8, mask bool)``."""
     mask = shape_mask(shape_outline(rng, shape), width, height)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64) / max(width, height)
@@ -253,7 +255,8 @@ def render_object(rng: np.random.Generator, width: int, height: int, shape: str,
     idx2 = _pattern_index(rng, second, xx, yy, 2) + k
     idx2 = np.minimum(idx2, len(pal) - 1)
     cx, cy, r = rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2), rng.uniform(0.15, 0.3)
-    region = np.hypot(xx - cx, yy - cy) < r if rng.random() < 0.5 else np.abs(xx * np.cos(r * 9) + yy * np.sin(r * 9) - cx) < r / 2
+    region = (np.hypot(xx - cx, yy - cy) < r if rng.random() < 0.5
+              else np.abs(xx * np.cos(r * 9) + yy * np.sin(r * 9) - cx) < r / 2)
     img = np.where(region[..., None], pal[idx2], img)
     for _ in range(int(rng.integers(3, 8))):  # dots
         dx, dy, dr = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(0.02, 0.05)

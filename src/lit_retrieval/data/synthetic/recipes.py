@@ -7,7 +7,7 @@ from typing import Sequence
 from ..errors import DataError
 from ..revisited import read_pickle
 from .backgrounds import ImageFolderBackgrounds, list_images
-from .benchmark import DEFAULT_POSITIVES, FORMAT_VERSION, build_benchmark, split_by_image
+from .benchmark import DEFAULT_POSITIVES, FORMAT_VERSION, BenchmarkSpec, build_benchmark, split_by_image
 from .objects import CocoObjects, ObjectSubset
 from .procedural import ProceduralBackgrounds, ProceduralObjects
 
@@ -22,21 +22,24 @@ def build_embedded(out_root: str | Path, seed: int = 0, name: str = "embedded", 
     n_pos = n_queries * sum(DEFAULT_POSITIVES.values())
     objects = ProceduralObjects(n_queries + 2 * n_distractors, seed=seed)
     backgrounds = ProceduralBackgrounds(n_pos + n_distractors, seed=seed, long_side=(320, 480))
-    return build_benchmark(objects, backgrounds, out_root, name, n_queries, n_distractors=n_distractors,
-                           seed=seed, overwrite=overwrite, progress=progress)
+    return build_benchmark(objects, backgrounds, out_root, name,
+                           BenchmarkSpec(n_queries, n_distractors=n_distractors, seed=seed), overwrite, progress)
+
+
+SHARED_SPEC = BenchmarkSpec(n_queries=24, n_distractors=50, image_size=384)  # dataset=cocopaste's defaults
 
 
 def build_from_shared(coco_dir: str | Path, backgrounds_dir: str | Path, out_root: str | Path, name: str = "cocopaste",
-                      seed: int = 0, n_queries: int = 24, n_backgrounds: int = 200, n_distractors: int = 50,
-                      image_size: int = 384, overwrite: bool = False, progress: bool = True,
-                      split: tuple[Sequence[float], int, int] | None = None,
-                      n_shuffled_negatives: int | None = None) -> Path:
+                      spec: BenchmarkSpec = SHARED_SPEC, n_backgrounds: int = 200,
+                      split: tuple[Sequence[float], int, int] | None = None, overwrite: bool = False,
+                      progress: bool = True) -> Path:
     """COCO instances (e.g. coco128) pasted on a deterministic subset of ``n_backgrounds`` images of
-    ``backgrounds_dir`` (e.g. imagenet-samples), resized to ``image_size`` on the long side.
+    ``backgrounds_dir`` (e.g. imagenet-samples), resized to ``spec.image_size`` on the long side.
 
     ``split = (fractions, split_seed, part)``: use only part ``part`` of both sources, split by image with
     :func:`split_by_image` (the other parts stay free for training, e.g. ``data=synthetic_pairs``, which splits
-    them the same way). ``n_shuffled_negatives``: as :func:`build_benchmark` (``None``: every easy/hard positive)."""
+    them the same way). ``spec``: as :func:`build_benchmark` (its seed also draws the backgrounds)."""
+    seed = spec.seed
     objects: CocoObjects | ObjectSubset = CocoObjects(coco_dir)
     if split is None:
         backgrounds = ImageFolderBackgrounds(backgrounds_dir, max_images=n_backgrounds, seed=seed)
@@ -45,9 +48,7 @@ def build_from_shared(coco_dir: str | Path, backgrounds_dir: str | Path, out_roo
         objects = ObjectSubset(objects, tuple(split_by_image(objects.refs, fractions, split_seed)[part]))
         paths = split_by_image(list_images(backgrounds_dir), fractions, split_seed)[part]
         backgrounds = ImageFolderBackgrounds(paths=paths, max_images=min(n_backgrounds, len(paths)), seed=seed)
-    return build_benchmark(objects, backgrounds, out_root, name, n_queries, n_distractors=n_distractors,
-                           n_shuffled_negatives=n_shuffled_negatives, image_size=image_size, seed=seed,
-                           overwrite=overwrite, progress=progress)
+    return build_benchmark(objects, backgrounds, out_root, name, spec, overwrite, progress)
 
 
 def _is_current(root: Path, name: str, seed: int) -> bool:

@@ -59,7 +59,8 @@ def read_gnd(root: str | Path, name: str) -> dict[str, Any]:
     """Read ``<root>/<name>/gnd_<name>.pkl`` with clear errors."""
     path = Path(root) / name / f"gnd_{name}.pkl"
     if not path.is_file():
-        raise FileNotFoundError(f"ground truth {path} does not exist; expected the revisited layout <root>/<name>/gnd_<name>.pkl")
+        raise FileNotFoundError(f"ground truth {path} does not exist; expected the revisited layout "
+                                f"<root>/<name>/gnd_<name>.pkl")
     data = read_pickle(path)  # the restricted unpickler: a ground-truth file cannot run code
     if not isinstance(data, dict) or not {"imlist", "qimlist", "gnd"} <= set(data):
         raise ValueError(f"ground truth {path} must be a dict with 'imlist', 'qimlist' and 'gnd'")
@@ -91,9 +92,10 @@ def shuffle_dataset(src_root: str | Path, src_name: str, dst_root: str | Path, d
     """Copy a revisited-format dataset and append ``copies`` patch-shuffled copies of each query's positives
     (Chen et al.'s OxfShf / ParShf: 3 per positive).
 
-    The copies (named ``shf_<original>``, then ``shf<c>_<original>`` for the c-th extra copy) are negatives: they are appended to ``imlist`` and appear in no
-    ``easy``/``hard``/``junk``/``ok`` list, so existing indices and ground truth stay valid. Extra keys of
-    the source pickle are kept; ``shuffled`` maps each copy to its original. Returns ``<dst_root>/<dst_name>``.
+    The copies (named ``shf_<original>``, then ``shf<c>_<original>`` for the c-th extra copy) are negatives:
+    they are appended to ``imlist`` and appear in no ``easy``/``hard``/``junk``/``ok`` list, so existing indices and
+    ground truth stay valid. Extra keys of the source pickle are kept; ``shuffled`` maps each copy to its original.
+    Returns ``<dst_root>/<dst_name>``.
     """
     src = Path(src_root) / src_name
     data = read_gnd(src_root, src_name)
@@ -112,7 +114,8 @@ def shuffle_dataset(src_root: str | Path, src_name: str, dst_root: str | Path, d
         for k, name in enumerate(tqdm(originals, desc=f"shuffling {src_name}", disable=not progress)):
             path = src / "jpg" / f"{name}.jpg"
             if not path.is_file():
-                raise FileNotFoundError(f"{path} (database image {name!r} of {src_name}) is missing; the dataset is incomplete")
+                raise FileNotFoundError(f"{path} (database image {name!r} of {src_name}) is missing; the dataset is "
+                                        f"incomplete")
             with Image.open(path) as im:
                 pixels = np.asarray(im.convert("RGB"))
             for c in range(copies):

@@ -17,6 +17,7 @@ moves and rounds, each a single vectorised evaluation for the whole batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,26 @@ from torch import Tensor
 
 from .integral import DEFAULT_ALPHA, generalized_max, window_sums
 from .windows import candidate_windows, grid_windows
+
+
+@dataclass(frozen=True)
+class AMLSettings:
+    """The localization's settings (``conf/rerank/aml.yaml``): candidate step ``t`` and aspect factor ``s``
+    (Sec. 5), the refinement's edge moves and rounds, the generalized-mean exponent α (eq. 3) and its root
+    (``exact`` or ``aml_c``, the reference's table search)."""
+
+    step: int = 3
+    max_ratio: float = 1.1
+    refine_step: int = 3
+    refine_iter: int = 5
+    alpha: float = DEFAULT_ALPHA
+    root: str = "exact"
+
+    @classmethod
+    def from_cfg(cls, r: Any) -> AMLSettings:
+        """From eval.py's ``rerank`` section."""
+        return cls(int(r.step), float(r.max_ratio), int(r.refine_step), int(r.refine_iter), float(r.alpha),
+                   str(r.get("root", "exact")))
 
 
 @dataclass
@@ -108,19 +129,19 @@ def refine(sat: Tensor, q: Tensor, boxes: Tensor, scores: Tensor, refine_step: i
     return boxes, scores, evaluated
 
 
-def localize(sat: Tensor, q: Tensor, q_ratio: float | None, step: int = 3, max_ratio: float = 1.1,
-             refine_step: int = 3, refine_iter: int = 5, alpha: float = DEFAULT_ALPHA,
-             root: str = "exact") -> Localization:
+def localize(sat: Tensor, q: Tensor, q_ratio: float | None, aml: AMLSettings | None = None) -> Localization:
     """AML for a batch of maps of one size: sampled candidates (step ``t``, aspect factor ``s``), then
     refinement. With no candidate (a map too small for the aspect ratio) the search starts from the whole map."""
+    aml = aml or AMLSettings()
     H, W = sat.shape[1] - 1, sat.shape[2] - 1
-    cands = candidate_windows(H, W, q_ratio, step, max_ratio)
+    cands = candidate_windows(H, W, q_ratio, aml.step, aml.max_ratio)
     if len(cands) == 0:
         cands = np.array([[0, 0, H, W]])
-    boxes, scores = best_window(sat, q, cands, alpha, root)
+    boxes, scores = best_window(sat, q, cands, aml.alpha, aml.root)
     n0 = len(cands)
-    if refine_iter > 0 and refine_step > 0:
-        boxes, scores, evaluated = refine(sat, q, boxes, scores, refine_step, refine_iter, alpha, root)
+    if aml.refine_iter > 0 and aml.refine_step > 0:
+        boxes, scores, evaluated = refine(sat, q, boxes, scores, aml.refine_step, aml.refine_iter, aml.alpha,
+                                          aml.root)
     else:
         evaluated = torch.zeros(len(boxes), dtype=torch.long, device=sat.device)
     return Localization(boxes, scores, evaluated + n0)

@@ -33,10 +33,13 @@ class Workspace:
     """Reusable buffers for :func:`power_integral` and the batches fed to it. Large fresh allocations are paid
     in page faults on every call (on the 2-core benchmark machine a fresh 100 MB tensor costs 5-10× the
     arithmetic done in it), so a re-ranking run keeps one workspace for all its batches. A result computed
-    with a workspace lives in it: it is overwritten by the next call that uses the same workspace."""
+    with a workspace lives in it: it is overwritten by the next call that uses the same workspace. ``max_bytes``
+    bounds the integral images of one batch; ``timer`` accumulates the run's seconds per stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
         self._buffers: dict[str, Tensor] = {}
+        self.max_bytes = int(max_bytes)
+        self.timer: dict[str, float] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         n = 1

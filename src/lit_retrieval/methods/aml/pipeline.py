@@ -26,7 +26,9 @@ from ...data import RetrievalDataset
 from ...data.provenance import item_keys
 from ...retrieval import ImageItem, build_method, dataset_items, image_loader
 from .integral import Workspace, check_root
-from .rerank import Reranked, WindowDescriptor, rerank_shortlist, window_query_expansion
+from ...retrieval.extractor import DescriptorExtractor, loader_workers
+from .aml import AMLSettings
+from .rerank import AMLQuery, Reranked, WindowDescriptor, rerank_shortlist, window_query_expansion
 from .storage import ActivationStore
 
 log = logging.getLogger(__name__)
@@ -128,33 +130,32 @@ def query_ratios(dataset: RetrievalDataset) -> list[float]:
 
 
 def run_aml(cfg: DictConfig, dataset: RetrievalDataset, backbone: torch.nn.Module, method: torch.nn.Module,
-            describe_queries: Callable[[torch.nn.Module], np.ndarray], base_key: dict[str, Any],
-            q_desc: np.ndarray, ranks: np.ndarray, whiten: Callable[[np.ndarray], np.ndarray] | None,
-            num_workers: int) -> dict[str, Any]:
-    """Re-rank ``ranks`` (``nq × ≥N``, best first) in place of a copy; returns the new rankings and details:
-    ``ranks_rerank``, ``ranks_qe`` (with qe=aml), per-query ``reranked`` (:class:`~.rerank.Reranked`), timings."""
+            q_desc: np.ndarray, ranks: np.ndarray, whiten: Callable[[np.ndarray], np.ndarray] | None) -> dict[str, Any]:
+    """Re-rank ``ranks`` (``nq × ≥N``, best first; ``q_desc``: the queries' descriptors by the filtering
+    ``method``, whitened by ``whiten``) in place of a copy; returns the new rankings and details: ``ranks_rerank``,
+    ``ranks_qe`` (with qe=aml), per-query ``reranked`` (:class:`~.rerank.Reranked`), timings."""
     r = cfg.rerank
     n = min(int(r.n), ranks.shape[1])
-    store = activation_store(cfg, base_key, dataset)
+    store = activation_store(cfg, DescriptorExtractor(cfg, backbone, method).base_key, dataset)
     t0 = time.perf_counter()
-    fill_store(store, list(dataset.db_paths), backbone, cfg, num_workers)
+    fill_store(store, list(dataset.db_paths), backbone, cfg, loader_workers(cfg.num_workers, cfg.device))
     t_store = time.perf_counter() - t0
-    q_mac = describe_queries(build_method("mac", backbone).to(cfg.device).eval())
+    mac = build_method("mac", backbone).to(cfg.device).eval()
+    q_mac = DescriptorExtractor(cfg, backbone, mac)(dataset, "query")[0]  # the localization's query vectors
     ratios = query_ratios(dataset)
     spec = window_spec(cfg, method)
     ranks_rr, ranks_qe = ranks.copy(), ranks.copy() if cfg.qe.kind == "aml" else None
     per_query: list[Reranked] = []
-    timer: dict[str, float] = {}
     workspace = Workspace()
-    root = str(r.get("root", "exact"))
+    timer = workspace.timer
+    aml = AMLSettings.from_cfg(r)
     alpha_qe = qe_alpha(cfg.qe) if ranks_qe is not None else 0.0
     t1 = time.perf_counter()
     for qi in tqdm(range(len(q_desc)), desc=f"AML re-ranking top {n}", leave=False):
         short = ranks[qi, :n]
-        rr = rerank_shortlist([store.shape(int(i)) for i in short], lambda j: store.values(int(short[j])),
-                              torch.from_numpy(np.ascontiguousarray(q_mac[qi])), q_desc[qi], ratios[qi], spec,
-                              whiten, int(r.step), float(r.max_ratio), int(r.refine_step), int(r.refine_iter),
-                              float(r.alpha), timer=timer, workspace=workspace, root=root)
+        query = AMLQuery(torch.from_numpy(np.ascontiguousarray(q_mac[qi])), q_desc[qi], ratios[qi])
+        rr = rerank_shortlist([store.shape(int(i)) for i in short], lambda j: store.values(int(short[j])), query,
+                              spec, aml, whiten, workspace)
         ranks_rr[qi, :n] = short[rr.order]
         if ranks_qe is not None:
             order, _ = window_query_expansion(q_desc[qi], rr, int(cfg.qe.k), alpha_qe)

@@ -13,8 +13,8 @@ weighted by its similarity to the query to the power α instead (α-QE on window
 a short-list whose top entries are mostly wrong pulls the query less.
 
 Reference options: ``WindowDescriptor.power`` is ``test.m``'s power-law on the window MAC before the L2 and the
-whitening (exponent 2 in its MAC branch); ``rerank_shortlist(root="aml_c")`` localizes with ``aml.c``'s
-even-integer root (:func:`~.integral.aml_c_root`).
+whitening (exponent 2 in its MAC branch); ``rerank_shortlist(aml=AMLSettings(root="aml_c"))`` localizes with
+``aml.c``'s even-integer root (:func:`~.integral.aml_c_root`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from torch import Tensor
 from ...pooling import l2n
 from ...regions import rmac_grid
 from ...retrieval.qe import expand_queries
-from .aml import localize
+from .aml import AMLSettings, localize
 from .integral import DEFAULT_ALPHA, Workspace, check_root, generalized_max, power_integral, window_sums
 
 
@@ -111,20 +111,32 @@ class Reranked:
     descriptors: np.ndarray
 
 
+@dataclass
+class AMLQuery:
+    """One query as re-ranking sees it: its MAC vector (for the localization), its descriptor (the filtering's,
+    whitened, for the re-scoring) and its aspect ratio (height / width as fed; ``None``: any)."""
+
+    mac: Tensor
+    descriptor: np.ndarray
+    ratio: float | None = None
+
+
 def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callable[[int], np.ndarray],
-                     q_mac: Tensor, q_desc: np.ndarray, q_ratio: float | None, spec: WindowDescriptor,
-                     whiten: Callable[[np.ndarray], np.ndarray] | None = None, step: int = 3, max_ratio: float = 1.1,
-                     refine_step: int = 3, refine_iter: int = 5, alpha: float = DEFAULT_ALPHA,
-                     max_bytes: int = 1 << 30, timer: dict[str, float] | None = None,
-                     workspace: Workspace | None = None, root: str = "exact") -> Reranked:
+                     query: AMLQuery, spec: WindowDescriptor, aml: AMLSettings | None = None,
+                     whiten: Callable[[np.ndarray], np.ndarray] | None = None,
+                     workspace: Workspace | None = None) -> Reranked:
     """AML re-ranking of one query's short-list of ``len(shapes)`` images: ``shapes[i]`` is the ``(C, H, W)`` of
     entry ``i``'s activation map (``None``: no map; it keeps score −1 and sinks to the end of the short-list),
     ``load(i)`` returns that map (levels or raw values, any numeric dtype). Maps are grouped by size and loaded
-    in batches of at most ``max_bytes`` of integral images, so a short-list never sits decoded in memory at
-    once. ``timer`` accumulates seconds per stage (``load``, ``integral``, ``localize``, ``describe``); pass
-    one ``workspace`` for all the queries of a run (its buffers are reused). ``root``: the localization's α-th
-    root, ``exact`` or ``aml_c`` (the reference's, with exact float64 powers as its table of doubles)."""
+    in batches of at most ``workspace.max_bytes`` of integral images, so a short-list never sits decoded in memory
+    at once; ``workspace.timer`` accumulates seconds per stage (``load``, ``integral``, ``localize``,
+    ``describe``). Pass one ``workspace`` for all the queries of a run (its buffers are reused). ``aml.root``: the
+    localization's α-th root, ``exact`` or ``aml_c`` (the reference's, with exact float64 powers as its table of
+    doubles)."""
+    aml = aml or AMLSettings()
+    alpha, root = aml.alpha, aml.root
     check_root(root, alpha)
+    q_mac, q_desc = query.mac, query.descriptor
     power_dtype = torch.float64 if root == "aml_c" else torch.float32
     n, D = len(shapes), len(q_desc)
     scores = np.full(n, -1.0, np.float32)
@@ -132,8 +144,8 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
     boxes = np.full((n, 4), -1, np.int64)
     feature_hw = np.zeros((n, 2), np.int64)
     desc = np.zeros((n, D), np.float32)
-    timer = {} if timer is None else timer
     workspace = workspace or Workspace()
+    timer, max_bytes = workspace.timer, workspace.max_bytes
     clock = time.perf_counter
 
     def tick(stage: str, t0: float) -> float:
@@ -156,7 +168,7 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
             t = tick("load", t)
             sat = power_integral(x, alpha, workspace, power_dtype)
             t = tick("integral", t)
-            loc = localize(sat, q_mac, q_ratio, step, max_ratio, refine_step, refine_iter, alpha, root)
+            loc = localize(sat, q_mac, query.ratio, aml)
             t = tick("localize", t)
             v = window_descriptors(sat, loc.boxes, spec, alpha).numpy()
             desc[idx] = whiten(v) if whiten is not None else v

@@ -14,7 +14,7 @@ from ...backbones import Backbone
 from ...data import RetrievalDataset, load_dataset
 from ...data.provenance import LearnedSets
 from ...regions import rmac_grid
-from ...retrieval.extractor import DescriptorExtractor, loader_workers
+from ...retrieval.extractor import DescriptorExtractor
 from ...retrieval.global_retriever import GlobalRetriever
 from ...retrieval.interface import PictureContext, Rankings
 from ...retrieval.regional import collect_regional_vectors, learn_regional_whitening
@@ -66,9 +66,7 @@ class AMLRetriever(GlobalRetriever):
                      white: Whitening | None) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
         if cfg.rerank.kind != "aml":
             return {}, {}, None
-        rerank = run_aml(cfg, dataset, backbone, method,
-                         lambda m: DescriptorExtractor(cfg, backbone, m)(dataset, "query")[0], extractor.base_key,
-                         q, ranks, white, loader_workers(cfg.num_workers, cfg.device))
+        rerank = run_aml(cfg, dataset, backbone, method, q, ranks, white)
         stages = {"initial": ranks, "aml": rerank["ranks_rerank"]}
         if rerank["ranks_qe"] is not None:
             stages["aml_qe"] = rerank["ranks_qe"]

@@ -197,20 +197,32 @@ def stage_variants(s: Settings) -> list[tuple[str, str]]:
     return out
 
 
-def encode_database(images: Iterable[tuple[int, torch.Tensor | None]], n: int, extractor: ActivationFeatures,
-                    codebook: Codebook, s: Settings, detector: torch.nn.Module | None,
+@dataclass
+class RegionEncoder:
+    """What turns a database image into projected region descriptors: the settings (boxes, threshold), the
+    local-feature extractor, the codebook (its PCA) and the detector (``None`` where no box comes from one)."""
+
+    settings: Settings
+    extractor: ActivationFeatures
+    codebook: Codebook
+    detector: torch.nn.Module | None = None
+
+
+def encode_database(images: Iterable[tuple[int, torch.Tensor | None]], n: int, encoder: RegionEncoder,
                     variants: Sequence[tuple[str, str]], keep_regions: bool = False,
-                    progress: bool = True, desc: str = "database",
+                    progress: str | None = "database",
                     whole: dict[int, np.ndarray] | None = None) -> tuple[Encoded, list[list[np.ndarray]] | None]:
     """Stream the database once: regions, local features (re-extracted per box crop), PCA, then the stored items
     of every variant. ``keep_regions``: also return the projected region descriptors (for threshold sweeps).
-    ``whole``: a memo of the projected whole-image descriptors by image index, read and filled (the training
-    callback's: the retrieval backbone is frozen, only the boxes change between evaluations)."""
+    ``progress``: the progress bar's label (``None``: no bar). ``whole``: a memo of the projected whole-image
+    descriptors by image index, read and filled (the training callback's: the retrieval backbone is frozen, only
+    the boxes change between evaluations)."""
+    s, extractor, codebook, detector = encoder.settings, encoder.extractor, encoder.codebook, encoder.detector
     enc = Encoded(items={f"{k}/{a}": [None] * n for k, a in variants})
     enc.boxes, enc.scores, enc.sizes = [None] * n, [None] * n, [(0, 0)] * n
     kept: list[list[np.ndarray]] | None = [None] * n if keep_regions else None
     empty = np.zeros((0, codebook.dim), np.float32)
-    for i, img in tqdm(images, total=n, desc=f"D2R {desc}", disable=not progress):
+    for i, img in tqdm(images, total=n, desc=f"D2R {progress}", disable=progress is None):
         if img is None:  # unreadable, skipped: no descriptors (scores 0 against every query)
             enc.skipped.append(i)
             regions = [empty]
@@ -370,7 +382,7 @@ def run_d2r(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_
     t1 = time.perf_counter()
     enc, _ = encode_database(_on(device, image_loader(db_items, range(len(db_items)), int(cfg.image_size),
                                                       num_workers, skip_bad, exif)),
-                             len(db_items), extractor, codebook, s, detector, variants)
+                             len(db_items), RegionEncoder(s, extractor, codebook, detector), variants)
     t_db = time.perf_counter() - t1
     # queries as every method loads them: cropped to the box, shrunk by the full image's scale (crop_query)
     queries, q_skipped = encode_queries(_on(device, image_loader(q_items, range(len(q_items)), int(cfg.image_size),
@@ -448,8 +460,8 @@ class D2RRetriever(PipelineRetriever):
         db_items = dataset_items(data, "db")
         variants = [(self.s.kernel, a) for a in self.names]
         enc, _ = encode_database(_on(device, image_loader(db_items, range(len(db_items)), image_size)),
-                                 len(db_items), extractor, cb, self.s, self.detector, variants, progress=progress,
-                                 whole=whole)
+                                 len(db_items), RegionEncoder(self.s, extractor, cb, self.detector), variants,
+                                 progress="database" if progress else None, whole=whole)
         ranks, _ = rank_variants(enc, queries, self.s)
         return {self.names[n.split("/")[1]]: r for n, r in ranks.items()}
 

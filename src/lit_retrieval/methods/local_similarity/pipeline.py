@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ...data import RetrievalDataset, load_dataset
 from ...data.provenance import LearnedSets, is_transductive, item_keys
 from .network import LocalSimilarityNet, decode_boxes, tail_convs
-from ...retrieval import DescriptorCache, dataset_items, extract
+from ...retrieval import DescriptorCache, Loading, dataset_items, extract
 from ...retrieval.interface import PictureContext, PipelineRetriever, Rankings
 from .pq import GridQuantizer
 from .search import GalleryGrids, fused_ranks, local_scores, rmatch_scores, shortlist
@@ -98,11 +98,11 @@ def feature_key(net: LocalSimilarityNet) -> dict[str, Any]:
     return cfg
 
 
-def describe(net: LocalSimilarityNet, dataset: RetrievalDataset, part: str, image_size: int | None,
-             device: str | torch.device, cache_root: str | None = None, base_key: Mapping[str, Any] | None = None,
-             num_workers: int = 0, skip_bad: bool = False, progress: bool = True) -> Described:
+def describe(net: LocalSimilarityNet, dataset: RetrievalDataset, part: str, loading: Loading,
+             cache_root: str | None = None, base_key: Mapping[str, Any] | None = None) -> Described:
     """R-MAC and feature grid of every image of ``part`` (``"db"``: gallery grid; ``"query"``: cropped query grid),
     from one backbone pass each, cached under ``cache_root`` (keyed by ``base_key``, the features and the items)."""
+    image_size = loading.image_size
     items = dataset_items(dataset, part)
     C = net.backbone.out_channels
 
@@ -117,8 +117,8 @@ def describe(net: LocalSimilarityNet, dataset: RetrievalDataset, part: str, imag
                "dataset": dataset.name, "root": str(dataset.root), "part": part,
                "items": item_keys(items), "version": 2}
         cache = DescriptorCache(cache_root, key, chunk_size=16)
-    arr, skipped = extract(items, one, net.backbone.normalize, image_size, cache=cache, num_workers=num_workers,
-                           skip_bad=skip_bad, desc=f"{dataset.name}/{part} grids", progress=progress, device=device)
+    arr, skipped = extract(items, one, net.backbone.normalize, loading, cache=cache,
+                           desc=f"{dataset.name}/{part} grids")
     return Described(hw=arr[:, :2], glob=arr[:, 2:2 + C], grids=arr[:, 2 + C:].reshape(len(arr), -1, C),
                      skipped=skipped)
 
@@ -278,8 +278,8 @@ def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, nu
     stored, (source, M, nbits) = checkpoint_pq(cfg)
     net = load_local_similarity(str(cfg.ckpt_path), backbone).to(cfg.device)
     cache_root = str(cfg.cache.dir) if cfg.cache.enabled else None
-    kw = dict(image_size=cfg.image_size, device=cfg.device, cache_root=cache_root, base_key=base_key,
-              num_workers=num_workers, skip_bad=bool(cfg.skip_bad_images))
+    kw = dict(loading=Loading(cfg.image_size, num_workers, bool(cfg.skip_bad_images), device=cfg.device),
+              cache_root=cache_root, base_key=base_key)
     t0 = time.perf_counter()
     db = describe(net, dataset, "db", **kw)
     q = describe(net, dataset, "query", **kw)
@@ -332,8 +332,8 @@ class LocalSimilarityRetriever(PipelineRetriever):
         key = f"{data.name}:{data.root}:{image_size}"
         described = self._memo.get(key)
         if described is None:
-            kw = dict(image_size=image_size, device=device, cache_root=cache_dir if frozen else None,
-                      base_key=self.base_key, progress=progress)
+            kw = dict(loading=Loading(image_size, device=device, progress=progress),
+                      cache_root=cache_dir if frozen else None, base_key=self.base_key)
             described = (describe(self.net, data, "db", **kw), describe(self.net, data, "query", **kw))
             if frozen:  # fine-tuned layers change the grids at every step: never memoised
                 self._memo[key] = described
