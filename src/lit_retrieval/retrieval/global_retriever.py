@@ -4,6 +4,7 @@ subclass's stages: AML re-ranking for MAC / R-MAC, ``lit_retrieval.methods.aml.r
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..backbones import Backbone
 from ..data import RetrievalDataset, load_dataset, whitening_pairs
 from ..data.provenance import LearnedSets, is_transductive
-from . import build_method, expand_queries, search
+from . import build_method, search
 from .extractor import DescriptorExtractor
-from .interface import PictureContext, Rankings, check_stages
+from .interface import PictureContext, Rankings, Reranker, check_stages, rerank
+from .qe import DescriptorIndex, QueryExpansion
 from ..whitening import Whitening
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,25 @@ def check_method_learned(method: torch.nn.Module, learned: LearnedSets, allow_ov
                       "from the evaluated one)", transductive=allow_overlap, opt_in="allow_overlap=true")
 
 
+@dataclass
+class GlobalIndex:
+    """A database indexed by a global descriptor: the method, its extractor, the (whitened) database descriptors,
+    the whitening and its record, the unreadable images, the seconds it took."""
+
+    method: torch.nn.Module
+    extractor: DescriptorExtractor
+    database: np.ndarray
+    white: Whitening | None
+    whitening: dict[str, Any]
+    db_skipped: list[int]
+    seconds: float
+
+
 class GlobalRetriever:
-    """Global-descriptor methods (every name of the descriptor registry): extract -> (whitening) -> search -> (QE).
-    Subclasses add stages after the search (:meth:`after_search`) and settings of the descriptor
-    (:meth:`method_params`), and list them in ``offers``."""
+    """Global-descriptor methods (every name of the descriptor registry): :meth:`index` (extract the database,
+    learn the whitening on another dataset) -> :meth:`search` (the queries against it) -> the post-processing
+    stages of :meth:`rerankers` (average / α QE here; a subclass adds its own, e.g. AML re-ranking). Subclasses
+    also set the descriptor's settings (:meth:`method_params`) and list the stages they offer (``offers``)."""
 
     offers: dict[str, tuple[str, ...]] = {"qe": ("none", "avg", "alpha"), "rerank": ("none",)}
 
@@ -89,41 +106,55 @@ class GlobalRetriever:
             params["ckpt_path"] = str(cfg.ckpt_path)
         return params
 
-    def after_search(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, method: torch.nn.Module,
-                     extractor: DescriptorExtractor, q: np.ndarray, ranks: np.ndarray,
-                     white: Whitening | None) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
-        """Stages after the search: ``(stages, results.json sections, what the pictures need)``; none here."""
-        return {}, {}, None
-
-    def rank(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, learned: LearnedSets,
-             out_dir: Path, t0: float) -> Rankings:
+    def index(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, learned: LearnedSets,
+              out_dir: Path) -> GlobalIndex:
+        """The database's descriptors, whitened by a whitening learned on ``cfg.whitening.dataset`` (checked by
+        content before any descriptor is extracted; saved as ``whitening.npz``)."""
+        t0 = time.perf_counter()
         method = build_method(self.name, backbone, **self.method_params(cfg, backbone, learned)).to(cfg.device).eval()
         check_method_learned(method, learned, bool(cfg.get("allow_overlap", False)))
         wdata, whitening = whitening_set(cfg, learned)  # checked before any work
         extractor = DescriptorExtractor(cfg, backbone, method)
         db, db_skipped = extractor(dataset, "db")
-        q, q_skipped = extractor(dataset, "query")
-        t_extract = time.perf_counter() - t0
-
         white = learn_whitening(cfg, db, extractor, wdata)
         if white is not None:
             white.save(out_dir / "whitening.npz")
-            db, q = white(db), white(q)
-            db[db_skipped], q[q_skipped] = 0, 0  # unreadable images stay zero (they rank by similarity 0)
+            db = white(db)
+            db[db_skipped] = 0  # unreadable images stay zero (they rank by similarity 0)
+        return GlobalIndex(method, extractor, db, white, whitening, db_skipped, time.perf_counter() - t0)
 
-        t1 = time.perf_counter()
+    def search(self, cfg: DictConfig, index: GlobalIndex, dataset: RetrievalDataset) -> Rankings:
+        """``dataset``'s queries (described and whitened as the database) against ``index``, best first."""
+        t0 = time.perf_counter()
+        q, q_skipped = index.extractor(dataset, "query")
+        if index.white is not None:
+            q = index.white(q)
+            q[q_skipped] = 0
+        t_extract = time.perf_counter() - t0
         k = None if cfg.topk is None else int(cfg.topk)
-        scores, ranks = search(q, db, k=k)
-        if cfg.qe.kind in ("avg", "alpha"):
-            q = expand_queries(q, db, ranks, scores, k=int(cfg.qe.k), alpha=float(cfg.qe.alpha))
-            scores, ranks = search(q, db, k=k)
-        t_search = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        scores, ranks = search(q, index.database, k=k)
+        return Rankings(ranks, {}, {}, index.db_skipped, q_skipped,
+                        {"extract": index.seconds + t_extract, "search_qe": time.perf_counter() - t1},
+                        index.whitening, scores=scores, index=DescriptorIndex(q, index.database))
 
-        stages, info, pictures = self.after_search(cfg, dataset, backbone, method, extractor, q, ranks, white)
-        if stages:
-            ranks = list(stages.values())[-1]
-        return Rankings(ranks, stages, info, db_skipped, q_skipped, {"extract": t_extract, "search_qe": t_search},
-                        whitening, pictures=pictures)
+    def rerankers(self, cfg: DictConfig, index: GlobalIndex, dataset: RetrievalDataset,
+                  backbone: Backbone) -> list[Reranker]:
+        """The post-processing stages after the search: average / α QE (``qe=avg|alpha``)."""
+        if cfg.qe.kind in ("avg", "alpha"):
+            return [QueryExpansion(int(cfg.qe.k), float(cfg.qe.alpha), None if cfg.topk is None else int(cfg.topk))]
+        return []
+
+    def rank(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, learned: LearnedSets,
+             out_dir: Path, t0: float) -> Rankings:
+        index = self.index(cfg, dataset, backbone, learned, out_dir)
+        rankings = self.search(cfg, index, dataset)
+        for stage in self.rerankers(cfg, index, dataset, backbone):
+            t1 = time.perf_counter()
+            rankings = rerank(rankings, [stage])
+            if not stage.record:  # e.g. QE: part of the search's time (a recorded stage times itself)
+                rankings.time_s["search_qe"] += time.perf_counter() - t1
+        return rankings
 
     def pictures(self, cfg: DictConfig, rankings: Rankings, ctx: PictureContext) -> None:
         """None here (the PR curve and top-k grid are drawn for every method)."""

@@ -55,6 +55,8 @@ class Rankings:
         time_s: ``{"extract": ..., "search_qe": ...}`` seconds.
         whitening: ``results.json`` ``whitening`` (kind and what it was learned on), ``None``: the configured kind.
         pictures: what the method's own pictures need (passed back to :meth:`Retriever.pictures`).
+        scores: ``Nq×K`` similarities of ``ranks`` where the method has them (``None``: not kept).
+        index: what the post-processing stages read (e.g. the query and database descriptors), ``None``: nothing.
     """
 
     ranks: np.ndarray
@@ -65,6 +67,32 @@ class Rankings:
     time_s: dict[str, float] = field(default_factory=dict)
     whitening: dict[str, Any] | None = None
     pictures: Any = None
+    scores: np.ndarray | None = None
+    index: Any = None
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """A post-processing stage (as OML's post-processors): the rankings of the stage before in, new rankings out.
+    ``name``: the stage's name in ``results.json`` ``stages``; ``record``: whether it is one of them (and gets its
+    paired difference to the first stage) or only changes the rankings (e.g. average QE)."""
+
+    name: str
+    record: bool
+
+    def __call__(self, rankings: Rankings) -> Rankings:
+        """New rankings (the fields the stage changes replaced, e.g. with ``dataclasses.replace``)."""
+
+
+def rerank(rankings: Rankings, rerankers: list[Reranker], baseline: str = "initial") -> Rankings:
+    """``rankings`` through each reranker in turn; a recorded stage adds its rankings to ``stages`` (the first one
+    also adds the input's, as ``baseline``)."""
+    for reranker in rerankers:
+        out = reranker(rankings)
+        if reranker.record:
+            out.stages = {**(rankings.stages or {baseline: rankings.ranks}), reranker.name: out.ranks}
+        rankings = out
+    return rankings
 
 
 @dataclass
@@ -157,4 +185,5 @@ def build_retriever(name: str) -> Retriever:
 
 
 __all__ = ["GLOBAL_RETRIEVER", "STAGE_HINTS", "PictureContext", "PipelineRetriever", "RETRIEVERS", "Rankings",
-           "Retriever", "build_retriever", "check_stages", "method_names", "register_retriever"]
+           "Reranker", "Retriever", "build_retriever", "check_stages", "method_names", "register_retriever",
+           "rerank"]

@@ -1,7 +1,13 @@
-"""Query expansion on global descriptors: average QE (top-k) and α-QE (Radenović et al.)."""
+"""Query expansion on global descriptors: average QE (top-k) and α-QE (Radenović et al.), and the stage that
+applies it to a :class:`~.interface.Rankings`."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
+
+from .interface import Rankings
+from .search import search
 
 
 def expand_queries(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray, scores: np.ndarray,
@@ -17,3 +23,30 @@ def expand_queries(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray, score
     w = np.ones(top.shape, np.float32) if alpha == 0 else np.clip(scores[:, :k], 0, None) ** alpha
     expanded = queries + np.einsum("qk,qkd->qd", w.astype(np.float32), db[top])
     return expanded / (np.linalg.norm(expanded, axis=1, keepdims=True) + 1e-6)
+
+
+@dataclass
+class DescriptorIndex:
+    """What the global-descriptor stages read from a :class:`~.interface.Rankings`: the (whitened) query and
+    database descriptors the rankings were searched with."""
+
+    queries: np.ndarray
+    database: np.ndarray
+
+
+@dataclass
+class QueryExpansion:
+    """``qe=avg|alpha`` as a post-processing stage: the expanded queries (:func:`expand_queries`) searched again
+    (``topk``: as the first search). Not a recorded stage: ``results.json`` reports the expanded ranking."""
+
+    k: int = 5
+    alpha: float = 0.0
+    topk: int | None = None
+    name: str = "qe"
+    record: bool = False
+
+    def __call__(self, rankings: Rankings) -> Rankings:
+        index: DescriptorIndex = rankings.index
+        q = expand_queries(index.queries, index.database, rankings.ranks, rankings.scores, k=self.k, alpha=self.alpha)
+        scores, ranks = search(q, index.database, k=self.topk)
+        return replace(rankings, ranks=ranks, scores=scores, index=DescriptorIndex(q, index.database))

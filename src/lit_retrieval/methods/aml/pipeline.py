@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from ...data.provenance import item_keys
 from ...retrieval import ImageItem, build_method, dataset_items, image_loader
 from .integral import Workspace, check_root
 from ...retrieval.extractor import DescriptorExtractor, loader_workers
+from ...retrieval.interface import Rankings
 from .aml import AMLSettings
 from .rerank import AMLQuery, Reranked, WindowDescriptor, rerank_shortlist, window_query_expansion
 from .storage import ActivationStore
@@ -133,7 +135,7 @@ def run_aml(cfg: DictConfig, dataset: RetrievalDataset, backbone: torch.nn.Modul
             q_desc: np.ndarray, ranks: np.ndarray, whiten: Callable[[np.ndarray], np.ndarray] | None) -> dict[str, Any]:
     """Re-rank ``ranks`` (``nq × ≥N``, best first; ``q_desc``: the queries' descriptors by the filtering
     ``method``, whitened by ``whiten``) in place of a copy; returns the new rankings and details: ``ranks_rerank``,
-    ``ranks_qe`` (with qe=aml), per-query ``reranked`` (:class:`~.rerank.Reranked`), timings."""
+    per-query ``reranked`` (:class:`~.rerank.Reranked`) and ``shortlists``, timings."""
     r = cfg.rerank
     n = min(int(r.n), ranks.shape[1])
     store = activation_store(cfg, DescriptorExtractor(cfg, backbone, method).base_key, dataset)
@@ -144,12 +146,11 @@ def run_aml(cfg: DictConfig, dataset: RetrievalDataset, backbone: torch.nn.Modul
     q_mac = DescriptorExtractor(cfg, backbone, mac)(dataset, "query")[0]  # the localization's query vectors
     ratios = query_ratios(dataset)
     spec = window_spec(cfg, method)
-    ranks_rr, ranks_qe = ranks.copy(), ranks.copy() if cfg.qe.kind == "aml" else None
+    ranks_rr = ranks.copy()
     per_query: list[Reranked] = []
     workspace = Workspace()
     timer = workspace.timer
     aml = AMLSettings.from_cfg(r)
-    alpha_qe = qe_alpha(cfg.qe) if ranks_qe is not None else 0.0
     t1 = time.perf_counter()
     for qi in tqdm(range(len(q_desc)), desc=f"AML re-ranking top {n}", leave=False):
         short = ranks[qi, :n]
@@ -157,9 +158,6 @@ def run_aml(cfg: DictConfig, dataset: RetrievalDataset, backbone: torch.nn.Modul
         rr = rerank_shortlist([store.shape(int(i)) for i in short], lambda j: store.values(int(short[j])), query,
                               spec, aml, whiten, workspace)
         ranks_rr[qi, :n] = short[rr.order]
-        if ranks_qe is not None:
-            order, _ = window_query_expansion(q_desc[qi], rr, int(cfg.qe.k), alpha_qe)
-            ranks_qe[qi, :n] = short[order]
         per_query.append(rr)
     t_rerank = time.perf_counter() - t1
     stored = [store.stored_bytes(i) for i in range(dataset.n_db)]
@@ -172,5 +170,44 @@ def run_aml(cfg: DictConfig, dataset: RetrievalDataset, backbone: torch.nn.Modul
                    "per_query": round(t_rerank / max(1, len(q_desc)), 4),
                    "per_query_stages": {k: round(v / max(1, len(q_desc)), 4) for k, v in timer.items()}},
     }
-    return {"ranks_rerank": ranks_rr, "ranks_qe": ranks_qe, "reranked": per_query, "info": info,
-            "shortlists": ranks[:, :n].copy()}
+    return {"ranks_rerank": ranks_rr, "reranked": per_query, "info": info, "shortlists": ranks[:, :n].copy()}
+
+
+@dataclass
+class AMLReranking:
+    """``rerank=aml`` as a post-processing stage (Sec. 6): the top ``rerank.n`` of the filtering's rankings
+    localized and re-scored (:func:`run_aml`, on the run's ``method``, ``backbone`` and whitening ``white``)."""
+
+    cfg: DictConfig
+    dataset: RetrievalDataset
+    backbone: torch.nn.Module
+    method: torch.nn.Module
+    white: Callable[[np.ndarray], np.ndarray] | None
+    name: str = "aml"
+    record: bool = True
+
+    def __call__(self, rankings: Rankings) -> Rankings:
+        out = run_aml(self.cfg, self.dataset, self.backbone, self.method, rankings.index.queries, rankings.ranks,
+                      self.white)
+        return replace(rankings, ranks=out["ranks_rerank"], scores=None, info={**rankings.info, "rerank": out["info"]},
+                       pictures=out)
+
+
+@dataclass
+class AMLQueryExpansion:
+    """``qe=aml`` after :class:`AMLReranking`: each query expanded with its top ``k`` re-ranked windows
+    (weighted by ``alpha``: 0 = the paper's mean) re-scores its short-list's windows
+    (:func:`~.rerank.window_query_expansion`); below the short-list the order stays."""
+
+    k: int = 5
+    alpha: float = 0.0
+    name: str = "aml_qe"
+    record: bool = True
+
+    def __call__(self, rankings: Rankings) -> Rankings:
+        aml = rankings.pictures  # the AML stage's per-query windows and short-lists
+        ranks = rankings.ranks.copy()
+        for qi, (rr, short) in enumerate(zip(aml["reranked"], aml["shortlists"])):
+            order, _ = window_query_expansion(rankings.index.queries[qi], rr, self.k, self.alpha)
+            ranks[qi, :len(short)] = short[order]
+        return replace(rankings, ranks=ranks, scores=None)

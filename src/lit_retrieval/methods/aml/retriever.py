@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -14,12 +13,11 @@ from ...backbones import Backbone
 from ...data import RetrievalDataset, load_dataset
 from ...data.provenance import LearnedSets
 from ...regions import rmac_grid
-from ...retrieval.extractor import DescriptorExtractor
-from ...retrieval.global_retriever import GlobalRetriever
-from ...retrieval.interface import PictureContext, Rankings
+from ...retrieval.global_retriever import GlobalIndex, GlobalRetriever
+from ...retrieval.interface import PictureContext, Rankings, Reranker
 from ...retrieval.regional import collect_regional_vectors, learn_regional_whitening
 from ...whitening import Whitening
-from .pipeline import check_config, run_aml
+from .pipeline import AMLQueryExpansion, AMLReranking, check_config, qe_alpha
 
 
 def learn_region_whitening(cfg: DictConfig, backbone: Backbone, L: int,
@@ -61,16 +59,15 @@ class AMLRetriever(GlobalRetriever):
                 cfg, backbone, int(cfg.method.L), learned)
         return params
 
-    def after_search(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, method: torch.nn.Module,
-                     extractor: DescriptorExtractor, q: np.ndarray, ranks: np.ndarray,
-                     white: Whitening | None) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
-        if cfg.rerank.kind != "aml":
-            return {}, {}, None
-        rerank = run_aml(cfg, dataset, backbone, method, q, ranks, white)
-        stages = {"initial": ranks, "aml": rerank["ranks_rerank"]}
-        if rerank["ranks_qe"] is not None:
-            stages["aml_qe"] = rerank["ranks_qe"]
-        return stages, {"rerank": rerank["info"]}, rerank
+    def rerankers(self, cfg: DictConfig, index: GlobalIndex, dataset: RetrievalDataset,
+                  backbone: Backbone) -> list[Reranker]:
+        """The global stages (average / α QE), then AML re-ranking (``rerank=aml``) and AML QE (``qe=aml``)."""
+        stages = super().rerankers(cfg, index, dataset, backbone)
+        if cfg.rerank.kind == "aml":
+            stages.append(AMLReranking(cfg, dataset, backbone, index.method, index.white))
+            if cfg.qe.kind == "aml":
+                stages.append(AMLQueryExpansion(int(cfg.qe.k), qe_alpha(cfg.qe)))
+        return stages
 
     def pictures(self, cfg: DictConfig, rankings: Rankings, ctx: PictureContext) -> None:
         if rankings.pictures is not None:  # AML: the localized windows (the paper's Fig. 5)

@@ -27,7 +27,7 @@ from .network import LocalSimilarityNet, decode_boxes, tail_convs
 from ...retrieval import DescriptorCache, Loading, dataset_items, extract
 from ...retrieval.interface import PictureContext, PipelineRetriever, Rankings
 from .pq import GridQuantizer
-from .search import GalleryGrids, fused_ranks, local_scores, rmatch_scores, shortlist
+from .search import Fusion, GalleryGrids, LocalScores, local_scores, rmatch_scores, shortlist
 
 log = logging.getLogger(__name__)
 MODES = ("local_global", "local", "global", "rmatch")
@@ -222,10 +222,12 @@ def score(net: LocalSimilarityNet, db: Described, queries: Described, s: Setting
     net.train(was_training)
     hw = torch.from_numpy(db.hw[short.ravel()])
     boxes = decode_boxes(torch.from_numpy(codes.reshape(-1, 4)), hw) / hw.flip(1).repeat(1, 2)
-    rankings = {"global": np.argsort(-s_global, axis=1, kind="stable"),
+    ranks_global = np.argsort(-s_global, axis=1, kind="stable")
+    base = Rankings(ranks_global, index=LocalScores(s_global, short, s_local))  # the global search, to be fused
+    rankings = {"global": ranks_global,
                 "rmatch": np.argsort(-s_rmatch, axis=1, kind="stable"),
-                "local": fused_ranks(s_global, short, s_local, 1.0),
-                "local_global": fused_ranks(s_global, short, s_local, s.w)}
+                "local": Fusion(1.0, "local")(base).ranks,
+                "local_global": Fusion(s.w)(base).ranks}
     raw_bytes = Lg * C * 4
     info = {
         "settings": dict(vars(s)),

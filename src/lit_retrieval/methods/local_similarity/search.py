@@ -10,12 +10,14 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ...retrieval.interface import Rankings
 from .network import LocalSimilarityNet, present_probability
 from .pq import GridQuantizer
 
@@ -91,6 +93,30 @@ def fused_ranks(s_global: np.ndarray, short: np.ndarray, s_local: np.ndarray, w:
     score = s_global.astype(np.float64) - 4.0  # both similarities lie in [-1, 1]: shortlisted images come first
     np.put_along_axis(score, short, fused.astype(np.float64) + 4.0, 1)
     return np.argsort(-score, axis=1, kind="stable")
+
+
+@dataclass
+class LocalScores:
+    """What :class:`Fusion` reads from a :class:`~lit_retrieval.retrieval.interface.Rankings` (its ``index``): the
+    global similarities (``Nq×N``), the shortlist (``Nq×K``) and the shortlist's ``S_local`` (``Nq×K``)."""
+
+    s_global: np.ndarray
+    short: np.ndarray
+    s_local: np.ndarray
+
+
+@dataclass
+class Fusion:
+    """The fusion of Sec. 4.4 as a post-processing stage on the global rankings: the shortlist re-ordered by
+    ``(1 − w)·S_global + w·S_local`` (:func:`fused_ranks`; ``w = 1``: local similarity alone)."""
+
+    w: float = 0.9
+    name: str = "local_global"
+    record: bool = True
+
+    def __call__(self, rankings: Rankings) -> Rankings:
+        s: LocalScores = rankings.index
+        return replace(rankings, ranks=fused_ranks(s.s_global, s.short, s.s_local, self.w), scores=None)
 
 
 @torch.inference_mode()

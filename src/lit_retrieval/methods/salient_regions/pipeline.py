@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -29,7 +29,7 @@ from ...data import RetrievalDataset, load_dataset
 from ...data.provenance import LearnedSets, is_transductive
 from ...retrieval import ImageItem, dataset_items, image_loader, search
 from ...retrieval.extractor import loader_workers
-from ...retrieval.interface import PictureContext, Rankings
+from ...retrieval.interface import PictureContext, Rankings, rerank
 from ...whitening import Whitening, pca_basis
 from .descriptors import DEFAULT_EIG_FLOOR, first_order, project_local, second_order
 from .keypoints import DEFAULT_N_MIN_FRACTION, hessian_affine_keypoints, salient_points
@@ -360,11 +360,6 @@ def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, 
     scores, best = region_similarity(d.queries, d.db)
     _, ranks = rank(scores, k)
     t_search = time.perf_counter() - t
-    stages = {"initial": ranks}
-    if cfg.qe.kind == "regional":
-        qe = regional_query_expansion(d.db, ranks, best, int(cfg.qe.k))
-        scores, best = region_similarity(qe, d.db)
-        stages["regional_qe"] = rank(scores, k)[1]
     whole = d.db.select(d.db.counts - 1)  # R_M is every image's last region: the single-vector baseline
     t = time.perf_counter()
     search(d.queries.select(d.queries.counts - 1).vectors[:, 0], whole.vectors[:, 0], k=k)
@@ -387,8 +382,27 @@ def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, 
         "time_s": {"propose_per_image": per_image("propose"), "describe_per_image": per_image("describe"),
                    "search_per_query": round(t_search / n_q, 6), "global_search_per_query": round(t_global / n_q, 6)},
     }
-    return {"ranks": list(stages.values())[-1], "stages": stages, "info": info, "described": d, "scores": scores,
-            "best": best}
+    return {"ranks": ranks, "info": info, "described": d, "scores": scores, "best": best}
+
+
+@dataclass
+class RegionalQE:
+    """``qe=regional`` (eq. 8) as a post-processing stage: each query replaced by the mean of the best-matching
+    region descriptors of its top ``k`` results (:func:`~.matching.regional_query_expansion`), matched again
+    against every database region (``topk``: as the first search). Reads and updates ``rankings.pictures``: the
+    described regions (``described``), the best region pair per image (``best``) and the ``scores``."""
+
+    k: int = 10
+    topk: int | None = None
+    name: str = "regional_qe"
+    record: bool = True
+
+    def __call__(self, rankings: Rankings) -> Rankings:
+        out = dict(rankings.pictures)
+        db = out["described"].db
+        scores, best = region_similarity(regional_query_expansion(db, rankings.ranks, out["best"], self.k), db)
+        out.update(ranks=rank(scores, self.topk)[1], scores=scores, best=best)
+        return replace(rankings, ranks=out["ranks"], scores=None, pictures=out)
 
 
 class SalientRetriever:
@@ -405,11 +419,14 @@ class SalientRetriever:
              out_dir: Any, t0: float) -> Rankings:
         out = run_salient(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), learned)
         d = out["described"]
-        return Rankings(out["ranks"], out["stages"] if len(out["stages"]) > 1 else {}, {"salient_regions": out["info"]},
-                        [i for i, p in enumerate(d.db_props) if p is None],
-                        [i for i, p in enumerate(d.q_props) if p is None],
-                        {"extract": time.perf_counter() - t0,
-                         "search_qe": out["info"]["time_s"]["search_per_query"] * dataset.n_queries}, pictures=out)
+        rankings = Rankings(out["ranks"], {}, {"salient_regions": out["info"]},
+                            [i for i, p in enumerate(d.db_props) if p is None],
+                            [i for i, p in enumerate(d.q_props) if p is None],
+                            {"extract": time.perf_counter() - t0,
+                             "search_qe": out["info"]["time_s"]["search_per_query"] * dataset.n_queries}, pictures=out)
+        if cfg.qe.kind == "regional":
+            rankings = rerank(rankings, [RegionalQE(int(cfg.qe.k), None if cfg.topk is None else int(cfg.topk))])
+        return rankings
 
     def pictures(self, cfg: DictConfig, rankings: Rankings, ctx: PictureContext) -> None:
         from .viz import save_region_matches
