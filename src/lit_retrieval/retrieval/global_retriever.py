@@ -4,8 +4,8 @@ subclass's stages: AML re-ranking for MAC / R-MAC, ``lit_retrieval.methods.aml.r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
