@@ -63,7 +63,9 @@ def test_every_training_option_composes(group, name, tmp_path):
 def test_every_method_composes_and_has_a_retriever(method, tmp_path):
     cfg, _ = _compose("eval", [f"method={method}"], tmp_path)
     assert cfg.method.name == method  # one YAML per method, named as it
-    assert build_retriever(cfg.method.name).name == method
+    retriever = build_retriever(cfg.method.name)
+    assert retriever.name == method
+    assert callable(retriever.index) and callable(retriever.search)  # database and queries in two steps
 
 
 @pytest.mark.parametrize("dataset", _options("dataset"))

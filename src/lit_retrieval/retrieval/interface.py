@@ -119,31 +119,26 @@ class Retriever(Protocol):
 
     def rank(self, cfg: Any, dataset: Any, backbone: Any, learned: Any, out_dir: Path, t0: float) -> Rankings:
         """Describe / index ``dataset``'s database and rank it for each query (``learned``: the run's
-        :class:`~lit_retrieval.data.provenance.LearnedSets`, which checks every set the method learns on)."""
+        :class:`~lit_retrieval.data.provenance.LearnedSets`, which checks every set the method learns on). The
+        project's retrievers do it in two steps, ``index(cfg, dataset, backbone, learned, out_dir)`` (the
+        database) and ``search(cfg, index, dataset)`` (its queries), then their post-processing stages."""
 
     def pictures(self, cfg: Any, rankings: Rankings, ctx: PictureContext) -> None:
         """The method's own pictures (optional: the generic PR curve and top-k grid are drawn for every method)."""
 
 
 class PipelineRetriever:
-    """Base of the retrievers that wrap a paper's pipeline function: ``check_config(cfg)`` validates the method's
-    settings, ``pipeline(cfg, dataset, backbone, num_workers, base_key, learned)`` runs the method; subclasses turn
-    its output into :class:`Rankings` and draw its pictures."""
+    """Base of the retrievers that run a paper's own pipeline in two steps, ``index(cfg, dataset, backbone,
+    learned, out_dir)`` (the database) and ``search(cfg, index, dataset)`` (its queries), and turn its output into
+    :class:`Rankings`; ``check_config(cfg)`` validates the method's settings."""
 
     check_config: Callable[[Any], None]
-    pipeline: Callable[..., dict[str, Any]]
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def check(self, cfg: Any) -> None:
         type(self).check_config(cfg)
-
-    def run_pipeline(self, cfg: Any, dataset: Any, backbone: Any, learned: Any) -> dict[str, Any]:
-        from .extractor import backbone_key, loader_workers
-
-        return type(self).pipeline(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device),
-                                   backbone_key(cfg, backbone), learned)
 
     def pictures(self, cfg: Any, rankings: Rankings, ctx: PictureContext) -> None:
         """None by default."""

@@ -30,6 +30,7 @@ from ...data import RetrievalDataset
 from ...data.synthetic.backgrounds import list_images
 from ...data.synthetic.benchmark import split_by_image
 from ...retrieval import dataset_items
+from ...retrieval.extractor import backbone_key, loader_workers
 from ...retrieval.interface import PictureContext, PipelineRetriever, Rankings
 from ...retrieval.extract import ImageItem, image_loader
 from .boxes import rmac_boxes, select_boxes
@@ -359,9 +360,25 @@ def check_codebook_set(learned: LearnedSets, s: Settings, dataset: RetrievalData
     return learned.check_files("d2r_codebook", source, paths, "method.codebook.dir (or method.codebook.split)")
 
 
-def run_d2r(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
-            base_key: Mapping[str, Any], learned: LearnedSets | None = None) -> dict[str, Any]:
-    """The whole method for ``eval.py``: ``ranks`` of the configured variant, ``stages`` and ``info``."""
+@dataclass
+class D2RIndex:
+    """An indexed database: its settings, detector, feature extractor and codebook, the encoded items of every
+    variant, where the codebook was learned, and the seconds the codebook and the database took."""
+
+    settings: Settings
+    detector: torch.nn.Module | None
+    extractor: ActivationFeatures
+    codebook: Codebook
+    encoded: Encoded
+    variants: list[tuple[str, str]]
+    codebook_source: str
+    seconds: dict[str, float]
+
+
+def index_d2r(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
+              base_key: Mapping[str, Any], learned: LearnedSets | None = None) -> D2RIndex:
+    """``eval.py``'s first step: the codebook (learned on another image set, checked by content) and the
+    database's regions encoded for the configured variant and its stages."""
     s = settings_from_eval(cfg)
     device = cfg.device
     detector = None
@@ -378,12 +395,24 @@ def run_d2r(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_
     t_codebook = time.perf_counter() - t0
     variants = stage_variants(s)
     skip_bad, exif = bool(cfg.skip_bad_images), bool(cfg.get("exif_transpose", False))
-    db_items, q_items = dataset_items(dataset, "db"), dataset_items(dataset, "query")
+    db_items = dataset_items(dataset, "db")
     t1 = time.perf_counter()
     enc, _ = encode_database(_on(device, image_loader(db_items, range(len(db_items)), int(cfg.image_size),
                                                       num_workers, skip_bad, exif)),
                              len(db_items), RegionEncoder(s, extractor, codebook, detector), variants)
-    t_db = time.perf_counter() - t1
+    return D2RIndex(s, detector, extractor, codebook, enc, variants, source,
+                    {"codebook": t_codebook, "database": time.perf_counter() - t1})
+
+
+def search_d2r(cfg: Any, index: D2RIndex, dataset: RetrievalDataset, num_workers: int) -> dict[str, Any]:
+    """``eval.py``'s second step: ``dataset``'s queries against ``index``: ``ranks`` of the configured variant,
+    ``stages`` and ``info``."""
+    s, extractor, codebook, enc, variants = index.settings, index.extractor, index.codebook, index.encoded, \
+        index.variants
+    device, skip_bad, exif = cfg.device, bool(cfg.skip_bad_images), bool(cfg.get("exif_transpose", False))
+    t_codebook, t_db, source, detector = index.seconds["codebook"], index.seconds["database"], \
+        index.codebook_source, index.detector
+    q_items = dataset_items(dataset, "query")
     # queries as every method loads them: cropped to the box, shrunk by the full image's scale (crop_query)
     queries, q_skipped = encode_queries(_on(device, image_loader(q_items, range(len(q_items)), int(cfg.image_size),
                                                                   num_workers, skip_bad, exif)),
@@ -399,10 +428,16 @@ def run_d2r(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_
             "codebook": {"source": source, "K": s.K, "dim": s.dim},
             "regions_per_image": round(float(n_regions.mean()), 3), "variants": stats,
             "time_s": {"codebook": round(t_codebook, 3), "database": round(t_db, 3), "search": round(t_search, 4),
-                       "aggregation_per_image": round(t_db / max(1, len(db_items)), 4)}}
+                       "aggregation_per_image": round(t_db / max(1, len(enc.boxes)), 4)}}
     stages = {stats[n]["variant"]: ranks[n] for n in ranks}
     return {"ranks": ranks[main], "stages": stages, "info": info, "boxes": enc.boxes, "box_scores": enc.scores,
             "db_skipped": enc.skipped, "q_skipped": q_skipped}
+
+
+def run_d2r(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
+            base_key: Mapping[str, Any], learned: LearnedSets | None = None) -> dict[str, Any]:
+    """The whole method for ``eval.py``: :func:`index_d2r` then :func:`search_d2r`."""
+    return search_d2r(cfg, index_d2r(cfg, dataset, backbone, num_workers, base_key, learned), dataset, num_workers)
 
 
 def _on(device: Any, loader: Iterable[tuple[int, torch.Tensor | None]]) -> Iterable[tuple[int, torch.Tensor | None]]:
@@ -421,7 +456,6 @@ class D2RRetriever(PipelineRetriever):
     boxes change between evaluations."""
 
     check_config = staticmethod(check_config)
-    pipeline = staticmethod(run_d2r)
     reads_checkpoint = True  # ckpt_path: the landmark detector
     checkpoint_component = "detector_training_data"  # its training images, in results.json "learned"
 
@@ -466,9 +500,19 @@ class D2RRetriever(PipelineRetriever):
         return {self.names[n.split("/")[1]]: r for n, r in ranks.items()}
 
 
+    def index(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
+              out_dir: Any = None) -> D2RIndex:
+        """The codebook and the encoded database (:func:`index_d2r`)."""
+        return index_d2r(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device),
+                         backbone_key(cfg, backbone), learned)
+
+    def search(self, cfg: Any, index: D2RIndex, dataset: RetrievalDataset) -> dict[str, Any]:
+        """``dataset``'s queries against ``index`` (:func:`search_d2r`)."""
+        return search_d2r(cfg, index, dataset, loader_workers(cfg.num_workers, cfg.device))
+
     def rank(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
              out_dir: Any, t0: float) -> Rankings:
-        out = self.run_pipeline(cfg, dataset, backbone, learned)
+        out = self.search(cfg, self.index(cfg, dataset, backbone, learned, out_dir), dataset)
         t_search = out["info"]["time_s"]["search"]
         return Rankings(out["ranks"], out["stages"], {"d2r": out["info"]}, out["db_skipped"], out["q_skipped"],
                         {"extract": time.perf_counter() - t0 - t_search, "search_qe": t_search}, pictures=out)

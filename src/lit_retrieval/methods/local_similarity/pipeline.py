@@ -25,6 +25,7 @@ from ...data import RetrievalDataset, load_dataset
 from ...data.provenance import LearnedSets, is_transductive, item_keys
 from .network import LocalSimilarityNet, decode_boxes, tail_convs
 from ...retrieval import DescriptorCache, Loading, dataset_items, extract
+from ...retrieval.extractor import backbone_key, loader_workers
 from ...retrieval.interface import PictureContext, PipelineRetriever, Rankings
 from .pq import GridQuantizer
 from .search import Fusion, GalleryGrids, LocalScores, local_scores, rmatch_scores, shortlist
@@ -269,11 +270,26 @@ def checkpoint_pq(cfg: Any) -> tuple[GridQuantizer | None, tuple[str, int | None
     return stored, pq_plan(Settings.from_cfg(cfg.method), stored, str(cfg.ckpt_path))
 
 
-def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
-              base_key: Mapping[str, Any], learned: LearnedSets | None = None) -> dict[str, Any]:
-    """The whole method for ``eval.py``: ``ranks`` (the ``method.mode`` ranking), ``stages`` (every ranking),
-    ``info`` (with ``pq``: where the gallery's product quantizer comes from), ``pq_train_paths`` (the images a
-    quantizer learned here was learned from; ``None`` for the checkpoint's or none) and what the pictures need."""
+@dataclass
+class LocalIndex:
+    """An indexed gallery: the subnet, its settings, the described database, the gallery's quantizer and where it
+    comes from (``pq``: the ``results.json`` record, ``train_paths``: the images a quantizer learned here saw),
+    the description options and the seconds it took."""
+
+    net: LocalSimilarityNet
+    settings: Settings
+    db: Described
+    quantizer: GridQuantizer | None
+    pq: dict[str, Any]
+    train_paths: list[Path] | None
+    describe_kw: dict[str, Any]
+    seconds: dict[str, float]
+
+
+def index_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
+                base_key: Mapping[str, Any], learned: LearnedSets | None = None) -> LocalIndex:
+    """``eval.py``'s first step: the subnet from ``ckpt_path``, the database's R-MAC vectors and feature grids,
+    and the gallery's product quantizer (the checkpoint's, or one learned on ``method.pq.dataset``)."""
     from .network import load_local_similarity
 
     s = Settings.from_cfg(cfg.method)
@@ -284,7 +300,6 @@ def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, nu
               cache_root=cache_root, base_key=base_key)
     t0 = time.perf_counter()
     db = describe(net, dataset, "db", **kw)
-    q = describe(net, dataset, "query", **kw)
     t_describe = time.perf_counter() - t0
     quantizer, learned_on, train_paths = (stored if source == "checkpoint" else None), None, None
     if source == "learned":
@@ -293,15 +308,31 @@ def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, nu
                         "stored in %s that the subnet was fine-tuned on", cfg.ckpt_path)
         quantizer, learned_on, train_paths = learn_quantizer(net, (cfg.method.get("pq") or {}).get("dataset"),
                                                              dataset, db, M, nbits, s, kw, learned)
-    t_pq = time.perf_counter() - t0 - t_describe
-    out = score(net, db, q, s, cfg.device, quantizer=quantizer)
-    out["info"]["time_s"].update(describe=round(t_describe, 3), pq=round(t_pq, 3))
-    out["info"]["pq"] = {"source": source, "M": M, "nbits": nbits, "relearn": s.pq_relearn,
-                         "ckpt_path": str(cfg.ckpt_path) if source == "checkpoint" else None,
-                         "learned_on": learned_on}
+    pq = {"source": source, "M": M, "nbits": nbits, "relearn": s.pq_relearn,
+          "ckpt_path": str(cfg.ckpt_path) if source == "checkpoint" else None, "learned_on": learned_on}
+    return LocalIndex(net, s, db, quantizer, pq, train_paths, kw,
+                      {"describe": t_describe, "pq": time.perf_counter() - t0 - t_describe})
+
+
+def search_local(cfg: Any, index: LocalIndex, dataset: RetrievalDataset) -> dict[str, Any]:
+    """``eval.py``'s second step: ``dataset``'s queries against ``index``: ``ranks`` (the ``method.mode``
+    ranking), ``stages`` (every ranking), ``info`` (with ``pq``), ``pq_train_paths`` and what the pictures need."""
+    s, db = index.settings, index.db
+    t0 = time.perf_counter()
+    q = describe(index.net, dataset, "query", **index.describe_kw)
+    t_describe = index.seconds["describe"] + time.perf_counter() - t0
+    out = score(index.net, db, q, s, cfg.device, quantizer=index.quantizer)
+    out["info"]["time_s"].update(describe=round(t_describe, 3), pq=round(index.seconds["pq"], 3))
+    out["info"]["pq"] = dict(index.pq)
     order = [m for m in MODES if m != s.mode] + [s.mode]
     return {**out, "ranks": out["rankings"][s.mode], "stages": {m: out["rankings"][m] for m in order},
-            "pq_train_paths": train_paths, "db_skipped": db.skipped, "q_skipped": q.skipped}
+            "pq_train_paths": index.train_paths, "db_skipped": db.skipped, "q_skipped": q.skipped}
+
+
+def run_local(cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, num_workers: int,
+              base_key: Mapping[str, Any], learned: LearnedSets | None = None) -> dict[str, Any]:
+    """The whole method for ``eval.py``: :func:`index_local` then :func:`search_local`."""
+    return search_local(cfg, index_local(cfg, dataset, backbone, num_workers, base_key, learned), dataset)
 
 
 class LocalSimilarityRetriever(PipelineRetriever):
@@ -315,7 +346,6 @@ class LocalSimilarityRetriever(PipelineRetriever):
     trains. With a ``quantizer`` (quantized fine-tuning) the gallery grids are stored by it, as ``eval.py`` does."""
 
     check_config = staticmethod(check_config)
-    pipeline = staticmethod(run_local)
     reads_checkpoint = True  # ckpt_path: the localization subnet, its grids and quantizer
     names = {"local_global": "local_similarity", "local": "local", "rmatch": "rmatch"}  # training: mode -> name
 
@@ -346,9 +376,19 @@ class LocalSimilarityRetriever(PipelineRetriever):
         return {name: out["rankings"][mode] for mode, name in self.names.items()}
 
 
+    def index(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
+              out_dir: Any = None) -> LocalIndex:
+        """The subnet, the described gallery and its quantizer (:func:`index_local`)."""
+        return index_local(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device),
+                           backbone_key(cfg, backbone), learned)
+
+    def search(self, cfg: Any, index: LocalIndex, dataset: RetrievalDataset) -> dict[str, Any]:
+        """``dataset``'s queries against ``index`` (:func:`search_local`)."""
+        return search_local(cfg, index, dataset)
+
     def rank(self, cfg: Any, dataset: RetrievalDataset, backbone: torch.nn.Module, learned: LearnedSets,
              out_dir: Any, t0: float) -> Rankings:
-        out = self.run_pipeline(cfg, dataset, backbone, learned)
+        out = self.search(cfg, self.index(cfg, dataset, backbone, learned, out_dir), dataset)
         t_describe = out["info"]["time_s"]["describe"]
         return Rankings(out["ranks"], out["stages"], {"local_similarity": out["info"]}, out["db_skipped"],
                         out["q_skipped"], {"extract": t_describe, "search_qe": time.perf_counter() - t0 - t_describe},

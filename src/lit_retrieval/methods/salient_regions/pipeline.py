@@ -270,21 +270,30 @@ class Described:
     pca_props: list[Proposal | None] | None = None
 
 
-def describe_dataset(runner: SalientRegions, dataset: RetrievalDataset,
-                     pca_dataset: RetrievalDataset | None = None) -> Described:
-    """Region descriptors of ``dataset``'s database and queries with ``runner.s`` (the settings may change between
-    calls: proposals are reused where they still apply); the order-2 PCA bases are learned on
+@dataclass
+class SalientIndex:
+    """A described database: its region sets and pass-1 proposals, and what the queries are described with
+    (order 1: the region dimension ``dim``; order 2: the PCA ``basis`` and the ``whitening``, learned on
+    ``pca_props``' images, else on the database)."""
+
+    db: RegionSet
+    db_props: list[Proposal | None]
+    dim: int
+    basis: Tensor | None = None
+    whitening: Whitening | None = None
+    pca_props: list[Proposal | None] | None = None
+
+
+def index_dataset(runner: SalientRegions, dataset: RetrievalDataset,
+                  pca_dataset: RetrievalDataset | None = None) -> SalientIndex:
+    """Region descriptors of ``dataset``'s database with ``runner.s``; the order-2 PCA bases are learned on
     ``pca_dataset``'s database (``None``: the database itself)."""
     s = runner.s
     db_items = dataset_items(dataset, "db")
-    q_items = dataset_items(dataset, "query", crop=s.query == "cropped")
-    q_regions = s.regions == "all" and (s.query == "full" or all(b is None for b in dataset.query_bbx))
     db_props = runner.propose(db_items, s.regions == "all", f"{dataset.name}/db")
-    q_props = runner.propose(q_items, q_regions, f"{dataset.name}/query")
     if s.order == 1:
         K = next(p.o1.shape[1] for p in db_props if p is not None)
-        return Described(pad_regions([None if p is None else p.o1 for p in db_props], K),
-                         pad_regions([None if p is None else p.o1 for p in q_props], K), db_props, q_props, None)
+        return SalientIndex(pad_regions([None if p is None else p.o1 for p in db_props], K), db_props, K)
     if pca_dataset is None:
         pca_items, pca_props, source = db_items, db_props, f"{dataset.name} (database)"
     else:
@@ -294,14 +303,33 @@ def describe_dataset(runner: SalientRegions, dataset: RetrievalDataset,
     pca_f2 = runner.second(pca_items, pca_props, basis, f"{source}/pca")
     white = learn_second_whitening(pca_f2, s.dim, source)
     db_f2 = pca_f2 if pca_dataset is None else runner.second(db_items, db_props, basis, f"{dataset.name}/db")
-    q_f2 = runner.second(q_items, q_props, basis, f"{dataset.name}/query")
+    return SalientIndex(pad_regions([_whiten(white, v) for v in db_f2], white.dims), db_props, white.dims, basis,
+                        white, None if pca_dataset is None else pca_props)
 
-    def whiten(v: np.ndarray | None) -> np.ndarray | None:
-        return None if v is None else white(v).astype(np.float32)
 
-    D = white.dims
-    return Described(pad_regions([whiten(v) for v in db_f2], D), pad_regions([whiten(v) for v in q_f2], D),
-                     db_props, q_props, white, None if pca_dataset is None else pca_props)
+def _whiten(white: Whitening, v: np.ndarray | None) -> np.ndarray | None:
+    return None if v is None else white(v).astype(np.float32)
+
+
+def describe_queries(runner: SalientRegions, index: SalientIndex, dataset: RetrievalDataset) -> Described:
+    """``dataset``'s queries described as ``index``'s database (same settings, basis and whitening): both sides."""
+    s = runner.s
+    q_items = dataset_items(dataset, "query", crop=s.query == "cropped")
+    q_regions = s.regions == "all" and (s.query == "full" or all(b is None for b in dataset.query_bbx))
+    q_props = runner.propose(q_items, q_regions, f"{dataset.name}/query")
+    if s.order == 1:
+        queries = pad_regions([None if p is None else p.o1 for p in q_props], index.dim)
+    else:
+        q_f2 = runner.second(q_items, q_props, index.basis, f"{dataset.name}/query")
+        queries = pad_regions([_whiten(index.whitening, v) for v in q_f2], index.dim)
+    return Described(index.db, queries, index.db_props, q_props, index.whitening, index.pca_props)
+
+
+def describe_dataset(runner: SalientRegions, dataset: RetrievalDataset,
+                     pca_dataset: RetrievalDataset | None = None) -> Described:
+    """Region descriptors of ``dataset``'s database and queries with ``runner.s`` (the settings may change between
+    calls: proposals are reused where they still apply): :func:`index_dataset`, then :func:`describe_queries`."""
+    return describe_queries(runner, index_dataset(runner, dataset, pca_dataset), dataset)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -339,11 +367,10 @@ def report_fallback(d: Described, s: Settings) -> dict[str, dict[str, Any] | Non
     return out
 
 
-def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, num_workers: int,
-                learned: LearnedSets | None = None) -> dict[str, Any]:
-    """The whole method for ``eval.py``: returns ``ranks`` (``n_q × k``), ``stages`` (initial / regional_qe
-    ranks), ``info`` (settings, regions and bytes per image, timings) and ``described`` (for pictures).
-    ``learned``: the run's content checks; the order-2 PCA sets (``method.pca_dataset``) are checked there."""
+def index_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, num_workers: int,
+                  learned: LearnedSets | None = None) -> tuple[SalientRegions, SalientIndex]:
+    """``eval.py``'s first step: the database's regions and descriptors (and the order-2 PCA, learned on
+    ``method.pca_dataset``, checked by content in ``learned``); returns the runner with its index."""
     s = Settings.from_cfg(cfg.method)
     runner = SalientRegions(backbone, s, cfg.image_size, str(cfg.device), num_workers,
                             bool(cfg.skip_bad_images), bool(cfg.exif_transpose))
@@ -354,7 +381,16 @@ def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, 
             learned.transductive("salient_pca", "method.pca_dataset")
         else:
             learned.check_dataset("salient_pca", pca_dataset, "method.pca_dataset")
-    d = describe_dataset(runner, dataset, pca_dataset)
+    return runner, index_dataset(runner, dataset, pca_dataset)
+
+
+def search_salient(cfg: DictConfig, runner: SalientRegions, index: SalientIndex,
+                   dataset: RetrievalDataset) -> dict[str, Any]:
+    """``eval.py``'s second step: ``dataset``'s queries against ``index``: returns ``ranks`` (``n_q × k``),
+    ``info`` (settings, regions and bytes per image, timings), ``described`` (both sides), ``scores`` and ``best``
+    (the best region pair per image, for regional QE and the pictures)."""
+    s = runner.s
+    d = describe_queries(runner, index, dataset)
     k = None if cfg.topk is None else int(cfg.topk)
     t = time.perf_counter()
     scores, best = region_similarity(d.queries, d.db)
@@ -383,6 +419,12 @@ def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, 
                    "search_per_query": round(t_search / n_q, 6), "global_search_per_query": round(t_global / n_q, 6)},
     }
     return {"ranks": ranks, "info": info, "described": d, "scores": scores, "best": best}
+
+
+def run_salient(cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, num_workers: int,
+                learned: LearnedSets | None = None) -> dict[str, Any]:
+    """The whole method for ``eval.py``: :func:`index_salient`, then :func:`search_salient`."""
+    return search_salient(cfg, *index_salient(cfg, dataset, backbone, num_workers, learned), dataset)
 
 
 @dataclass
@@ -415,9 +457,19 @@ class SalientRetriever:
     def check(self, cfg: DictConfig) -> None:
         check_config(cfg)
 
+    def index(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, learned: LearnedSets,
+              out_dir: Any = None) -> tuple[SalientRegions, SalientIndex]:
+        """The database's regions and descriptors (:func:`index_salient`)."""
+        return index_salient(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), learned)
+
+    def search(self, cfg: DictConfig, index: tuple[SalientRegions, SalientIndex],
+               dataset: RetrievalDataset) -> dict[str, Any]:
+        """``dataset``'s queries against ``index`` (:func:`search_salient`)."""
+        return search_salient(cfg, *index, dataset)
+
     def rank(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, learned: LearnedSets,
              out_dir: Any, t0: float) -> Rankings:
-        out = run_salient(cfg, dataset, backbone, loader_workers(cfg.num_workers, cfg.device), learned)
+        out = self.search(cfg, self.index(cfg, dataset, backbone, learned, out_dir), dataset)
         d = out["described"]
         rankings = Rankings(out["ranks"], {}, {"salient_regions": out["info"]},
                             [i for i, p in enumerate(d.db_props) if p is None],
