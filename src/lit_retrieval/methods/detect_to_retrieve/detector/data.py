@@ -38,10 +38,10 @@ from ....data.classification import limit_samples
 from ....data.features import CachedItems, FeatureStore, feature_options, fill_store, model_encoder
 from ....data.errors import DataError, ImageLoadError
 from ....data.images import load_image
-from ....data.pairs import (BACKGROUNDS_DEFAULTS, GALLERY_JITTER, MAX_PASTE_TRIES, OBJECTS_DEFAULTS, SPLIT_DEFAULTS,
+from ....data.paste import (BACKGROUNDS_DEFAULTS, GALLERY_JITTER, MAX_PASTE_TRIES, OBJECTS_DEFAULTS, SPLIT_DEFAULTS,
                           TRAIN_PART, VAL_PART, BackgroundSubset, SeededSplitLoaders, PastedItems, _options, lru,
                           make_backgrounds, make_objects, paste_params, split_sources)
-from ....data.pairs import PASTE_DEFAULTS as PAIRS_PASTE_DEFAULTS
+from ....data.paste import PASTE_DEFAULTS as PAIRS_PASTE_DEFAULTS
 from ....data.synthetic.backgrounds import BackgroundSource
 from ....data.synthetic.benchmark import split_by_image
 from ....data.synthetic.compositor import PasteParams, paste
