@@ -157,6 +157,26 @@ def test_a_checkpoint_trained_on_the_evaluated_images_is_refused(tiny, tmp_path)
     assert learned.records["training_data"] == {"checked": False, "checkpoint": str(ckpt)}
 
 
+def test_a_detector_trained_on_the_evaluated_images_is_refused_under_its_own_name(tiny, tmp_path, monkeypatch):
+    import torch
+
+    from lit_retrieval import cli
+    from lit_retrieval.evaluate import check_checkpoint_training
+    from lit_retrieval.retrieval.interface import build_retriever
+
+    ds = load_revisited(tiny, "tiny")
+    ckpt = tmp_path / "detector.ckpt"
+    torch.save({"state_dict": {}, "training_content": content_of_files("train", ds.db_paths[:3]).state_dict()}, ckpt)
+    component = build_retriever("d2r").checkpoint_component
+    assert component == "detector_training_data"
+    monkeypatch.setattr(cli, "_warned", set())
+    with pytest.warns(FutureWarning):  # the former spelling of the detector's checkpoint still reaches the check
+        cfg = eval_cfg(tmp_path, "method=d2r", "dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny",
+                       f"detector.ckpt_path={ckpt}")
+    with pytest.raises(LeakageError, match="detector_training_data.*3 image"):
+        check_checkpoint_training(cfg, LearnedSets(ds), component)
+
+
 def test_d2r_codebook_on_the_evaluated_images_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
     from lit_retrieval.methods.detect_to_retrieve import pipeline
 
