@@ -35,9 +35,10 @@ def main() -> None:
 
     from lit_retrieval import pooling
     from lit_retrieval.backbones import build_backbone
+    from lit_retrieval.boxes import Boxes, paired_iou as iou
     from lit_retrieval.data import load_dataset
-    from lit_retrieval.methods.aml import (AMLSettings, count_all_windows, iou, localize, localize_exhaustive,
-                                           pixels_to_cells, power_integral, quantize)
+    from lit_retrieval.methods.aml import (AMLSettings, count_all_windows, localize, localize_exhaustive,
+                                           power_integral, quantize)
     from lit_retrieval.retrieval import ImageItem, image_loader
 
     torch.set_grad_enabled(False)
@@ -80,7 +81,7 @@ def main() -> None:
                 loc = localize(sat, q_mac[qi], q_ratio, AMLSettings(step=3, max_ratio=1.1))
                 with Image.open(ds.db_paths[d]) as im:
                     w0, h0 = im.size
-                truth = pixels_to_cells(np.array([pasted[name]], np.float64), (H, W), (h0, w0))
+                truth = Boxes.of(np.array([pasted[name]], np.float64), size=(h0, w0)).to_cells((H, W)).numpy("yxyx")
                 true_iou.append(float(iou(loc.boxes.numpy(), truth)[0]))
                 whole_iou.append(float(iou(np.array([[0, 0, H, W]]), truth)[0]))
         elapsed = time.perf_counter() - t0

@@ -11,6 +11,8 @@ import functools
 
 import numpy as np
 
+from .boxes import Boxes
+
 _OVERLAP = 0.4
 _STEPS = np.array([2, 3, 4, 5, 6, 7], dtype=np.float32)
 
@@ -84,37 +86,16 @@ def kimyoon_grid(H: int, W: int, L: int = 5) -> np.ndarray:
     return r
 
 
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
-def pixel_boxes_to_feature(boxes_xywh: np.ndarray, stride: int, h: int, w: int) -> np.ndarray:
-    """Project pixel boxes ``[x, y, w, h]`` onto an ``h×w`` feature map of the given stride.
-
-    Caffe RoI-pooling semantics (Kim & Yoon's code): inclusive pixel ends ``x + w - 1``, both ends scaled by
-    ``1/stride`` and rounded half away from zero, clipped to the map; at least one cell. Returns ``[y0, x0, h, w]``.
-    """
-    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
-    x0 = _round_half_away(b[:, 0] / stride)
-    y0 = _round_half_away(b[:, 1] / stride)
-    x1 = _round_half_away((b[:, 0] + b[:, 2] - 1) / stride)
-    y1 = _round_half_away((b[:, 1] + b[:, 3] - 1) / stride)
-    x0, x1 = np.clip(x0, 0, w - 1), np.clip(x1, 0, w - 1)
-    y0, y1 = np.clip(y0, 0, h - 1), np.clip(y1, 0, h - 1)
-    hh = np.maximum(y1 - y0 + 1, 1)
-    ww = np.maximum(x1 - x0 + 1, 1)
-    return np.stack([y0, x0, hh, ww], axis=1).astype(np.int64)
-
-
 def kimyoon_feature_grid(
     image_hw: tuple[int, int], feature_hw: tuple[int, int], stride: int, L: int = 5
 ) -> np.ndarray:
     """Kim & Yoon's grid for an image of ``image_hw`` pixels, on its ``feature_hw`` map at ``stride``.
 
-    Returns ``[y0, x0, h, w]`` feature-map boxes.
+    Returns ``[y0, x0, h, w]`` feature-map boxes, projected as Kim & Yoon's Caffe RoI pooling does
+    (:meth:`~lit_retrieval.boxes.Boxes.to_cells` with ``rounding="roi"``).
     """
-    (H, W), (h, w) = image_hw, feature_hw
-    return pixel_boxes_to_feature(kimyoon_grid(H, W, L), stride, h, w)
+    pixels = Boxes.of(kimyoon_grid(*image_hw, L), "xywh", "pixels", image_hw)
+    return pixels.to_cells(feature_hw, stride=stride, rounding="roi").numpy("yxhw")
 
 
 GRIDS = ("rmac", "kimyoon")

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from .boxes import Boxes  # noqa: E402
 from .data.errors import DataError  # noqa: E402
 from .data.images import crop_query, load_image  # noqa: E402
 
@@ -87,12 +88,31 @@ def show_thumbnail(ax, path: Path, size: int) -> tuple[float, float]:
     return img.size[0] / w0, img.size[1] / h0
 
 
+def draw_boxes(ax, boxes, color: str, scores=None, scale: tuple[float, float] = (1.0, 1.0), dashed: bool = False,
+               linewidth: float = 2.0) -> None:
+    """Rectangles for ``N×4`` ``xyxy`` boxes (any :mod:`lit_retrieval.boxes` source: NumPy, torch or lists),
+    scaled by ``(sx, sy)`` into the drawn image, labelled with their ``scores`` if given."""
+    b = Boxes.of(np.asarray(_numpy(boxes), np.float64).reshape(-1, 4)).numpy() * np.array(scale * 2)
+    s = None if scores is None else np.asarray(_numpy(scores), np.float64).reshape(-1)
+    for k, (x1, y1, x2, y2) in enumerate(b.tolist()):
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=linewidth,
+                               linestyle="--" if dashed else "-"))
+        if s is not None:
+            ax.text(x1, y1, f"{s[k]:.2f}", color="black", fontsize=7, va="bottom",
+                    bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
+
+
+def _numpy(x):
+    if x is None:
+        return np.zeros((0,))
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
+
+
 def show_query(ax, path: Path, bbx, size: int, index: int) -> None:
     """Draw a query image shrunk to ``size`` with its box (if any) in blue, titled ``query <index>``."""
-    sx, sy = show_thumbnail(ax, path, size)
+    scale = show_thumbnail(ax, path, size)
     if bbx is not None:
-        ax.add_patch(Rectangle((bbx[0] * sx, bbx[1] * sy), (bbx[2] - bbx[0]) * sx, (bbx[3] - bbx[1]) * sy,
-                               fill=False, edgecolor="blue", linewidth=2))
+        draw_boxes(ax, [bbx], "blue", scale=scale)
     ax.set_title(f"query {index}", fontsize=8)
 
 

@@ -66,3 +66,43 @@ def test_no_function_takes_more_than_nine_parameters():
                 if n > MAX_PARAMS and not (node.name == "__init__" and rel in CONFIG_CONSTRUCTORS):
                     long.append(f"{rel}:{node.lineno} {node.name} ({n})")
     assert not long, f"group the parameters in a settings dataclass: {long}"
+
+
+_BOX_CONVERTER = re.compile(r"(^|_)(boxes?|cells|pixels|xyxy|xywh|yxhw|yxyx)_to_|_to_(xyxy|xywh|cells|pixels)$"
+                            r"|^hflip_boxes$|^resized?_boxes$|^crop_window$")
+
+
+def test_box_conversions_live_in_one_module():
+    """Box formats and frames are converted by ``lit_retrieval/boxes.py`` only (one box type, one set of converters)."""
+    found = []
+    for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).as_posix() == "boxes.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _BOX_CONVERTER.search(node.name):
+                found.append(f"{path.relative_to(SRC)}: {node.name}")
+    assert not found, "convert boxes with lit_retrieval.boxes.Boxes / convert: " + "; ".join(found)
+
+
+def _resolve(module_path: Path, dotted: str) -> bool:
+    import importlib
+
+    mod = importlib.import_module(".".join(module_path.relative_to(SRC.parent).with_suffix("").parts))
+    obj = mod
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def test_every_function_a_paper_readme_names_exists():
+    """Each paper's README maps equations to ``file.py: name``; every such name must exist where it says."""
+    missing, seen = [], 0
+    for readme in (SRC / "methods").rglob("README.md"):
+        for rel, dotted in re.findall(r"`((?:lit_retrieval/)?[\w/]+\.py): ([A-Za-z_][\w.]*)`", readme.read_text()):
+            path = SRC.parent / rel if rel.startswith("lit_retrieval/") else readme.parent / rel
+            seen += 1
+            if not path.exists() or not _resolve(path, dotted):
+                missing.append(f"{readme.relative_to(SRC)}: {rel}: {dotted}")
+    assert seen > 50 and not missing, f"{seen} names read; missing: {missing}"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lit_retrieval import pooling
-from lit_retrieval.regions import kimyoon_feature_grid, kimyoon_grid, pixel_boxes_to_feature, rmac_grid
+from lit_retrieval.boxes import Boxes
+from lit_retrieval.regions import kimyoon_feature_grid, kimyoon_grid, rmac_grid
 from lit_retrieval.whitening import Whitening
 
 
@@ -45,7 +46,8 @@ def test_rmac_kimyoon_uses_pixel_grid_at_stride():
     torch.testing.assert_close(pooling.rmac(x, L=3, variant="kimyoon", image_hw=(768, 1024), stride=32), ref)
     # inclusive ends, Caffe rounding: pixels [0, 767] at stride 32 -> cells 0..24 (767/32 rounds up), clipped
     # to the 24-row map, 25 columns wide on the 32-column map
-    assert pixel_boxes_to_feature(np.array([[0, 0, 768, 768]]), 32, 24, 32).tolist() == [[0, 0, 24, 25]]
+    cells = Boxes.of(np.array([[0, 0, 768, 768]]), "xywh").to_cells((24, 32), stride=32, rounding="roi")
+    assert cells.numpy("yxhw").tolist() == [[0, 0, 24, 25]]
 
 
 def test_rmac_tolias_whitens_regions_and_needs_whitening():

@@ -10,8 +10,8 @@ import torch
 from lit_retrieval.methods.aml.aml import AMLSettings, localize, localize_exhaustive, refine, window_scores
 from lit_retrieval.methods.aml.integral import (aml_c_root, approx_region_max, exact_region_max, generalized_max,
                                            power_integral, window_sums)
-from lit_retrieval.methods.aml.windows import (candidate_windows, cells_to_pixels, count_all_windows, grid_windows, iou,
-                                          pixels_to_cells)
+from lit_retrieval.boxes import Boxes, paired_iou
+from lit_retrieval.methods.aml.windows import candidate_windows, count_all_windows, grid_windows
 
 
 def _maps(B=2, C=8, H=7, W=9, seed=0, sparsity=0.5):
@@ -223,9 +223,9 @@ def test_aml_finds_the_planted_object(seed):
     sat = power_integral(x)
     q_ratio = (box[2] - box[0]) / (box[3] - box[1])
     loc = localize(sat, q, q_ratio)
-    assert iou(loc.boxes.numpy(), np.array([box]))[0] > 0.6
+    assert paired_iou(loc.boxes.numpy(), np.array([box]))[0] > 0.6
     ex = localize_exhaustive(sat, q)
-    assert iou(ex.boxes.numpy(), np.array([box]))[0] > 0.6
+    assert paired_iou(ex.boxes.numpy(), np.array([box]))[0] > 0.6
     assert loc.scores[0] <= ex.scores[0] + 1e-6  # exhaustive is the optimum
     assert loc.evaluated[0] < 0.05 * count_all_windows(18, 24)
     whole = window_scores(sat, torch.tensor([[0, 0, 18, 24]]), q)[0, 0]
@@ -250,6 +250,6 @@ def test_localize_without_candidates_starts_from_whole_map():
 
 def test_cells_pixels_round_trip():
     cells = np.array([[2, 3, 6, 8]])
-    px = cells_to_pixels(cells, (16, 12), (512, 384))
-    assert px.tolist() == [[96.0, 64.0, 256.0, 192.0]]
-    assert pixels_to_cells(px, (16, 12), (512, 384)).tolist() == cells.tolist()
+    px = Boxes.of(cells, "yxyx", "cells", (16, 12)).to_pixels((512, 384))
+    assert px.numpy().tolist() == [[96.0, 64.0, 256.0, 192.0]]
+    assert px.to_cells((16, 12)).numpy("yxyx").tolist() == cells.tolist()

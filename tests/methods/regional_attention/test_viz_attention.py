@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lit_retrieval.boxes import Boxes
 from lit_retrieval.methods.regional_attention.pictures import (
     attention_on_objects,
-    boxes_feature_to_pixels,
     on_objects,
     save_attention_histogram,
     save_attention_regions,
@@ -57,16 +57,20 @@ def test_attention_on_objects_against_chance():
     assert np.isnan(attention_on_objects([regions], [np.ones(4)], [np.zeros((0, 4))])["top_k"])
 
 
-def test_boxes_feature_to_pixels():
+def _to_pixels(cells_yxhw, stride, image_hw):
+    return Boxes.of(cells_yxhw, "yxhw", "cells").to_pixels(image_hw, stride=stride).numpy()
+
+
+def test_feature_boxes_to_pixels():
     boxes = np.array([[0, 0, 2, 3],    # y0, x0, h, w
                       [1, 2, 5, 5],    # overflows the image: clipped
                       [3, 4, 1, 1]])
-    px = boxes_feature_to_pixels(boxes, stride=32, image_hw=(150, 200))
+    px = _to_pixels(boxes, stride=32, image_hw=(150, 200))
     assert px.dtype == np.int64
     assert px.tolist() == [[0, 0, 96, 64],
                            [64, 32, 200, 150],
                            [128, 96, 160, 128]]
-    assert boxes_feature_to_pixels(np.zeros((0, 4)), 16, (10, 10)).shape == (0, 4)
+    assert _to_pixels(np.zeros((0, 4), np.int64), 16, (10, 10)).shape == (0, 4)
 
 
 def _png_size(path):
@@ -85,7 +89,7 @@ def test_save_attention_regions(tmp_path):
     for img in images:
         H, W = img.shape[:2]
         feat = np.array([[0, 0, 2, 2], [1, 1, 2, 2], [0, 1, 3, 2], [2, 2, 1, 1], [0, 0, 4, 4], [1, 0, 1, 3]])
-        boxes.append(boxes_feature_to_pixels(feat, 32, (H, W)))
+        boxes.append(_to_pixels(feat, 32, (H, W)))
         weights.append(rng.random(len(feat)))
     out = save_attention_regions(images, boxes, weights, tmp_path / "sub" / "regions.png", k=3,
                                  titles=[f"img{i}" for i in range(5)])

@@ -6,10 +6,10 @@ from .integral import (Workspace, aml_c_root, approx_region_max, exact_region_ma
 from .rerank import (AMLQuery, Reranked, WindowDescriptor, rerank_shortlist, window_descriptors,
                      window_query_expansion)
 from .storage import ActivationStore, decode, encode, quantize
-from .windows import candidate_windows, cells_to_pixels, count_all_windows, grid_windows, iou, pixels_to_cells
+from .windows import candidate_windows, count_all_windows, grid_windows
 
 __all__ = ["AMLQuery", "AMLSettings", "ActivationStore", "Localization", "Reranked", "WindowDescriptor", "Workspace",
-           "aml_c_root", "approx_region_max", "candidate_windows", "cells_to_pixels", "count_all_windows", "decode",
-           "encode", "exact_region_max", "generalized_max", "grid_windows", "iou", "localize", "localize_exhaustive",
-           "pixels_to_cells", "power_integral", "quantize", "refine", "rerank_shortlist", "window_descriptors",
-           "window_query_expansion", "window_scores", "window_sums"]
+           "aml_c_root", "approx_region_max", "candidate_windows", "count_all_windows", "decode", "encode",
+           "exact_region_max", "generalized_max", "grid_windows", "localize", "localize_exhaustive", "power_integral",
+           "quantize", "refine", "rerank_shortlist", "window_descriptors", "window_query_expansion", "window_scores",
+           "window_sums"]

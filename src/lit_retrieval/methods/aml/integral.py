@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...boxes import convert
+
 DEFAULT_ALPHA = 10.0
 ROOTS = ("exact", "aml_c")
 _AML_C_POWERS = torch.tensor([float(i ** 10) for i in range(256)], dtype=torch.float64)  # aml.c's pow_10 table
@@ -153,5 +155,4 @@ def exact_region_max(x: Tensor, boxes: Tensor) -> Tensor:
     """Exact max-pooling of the same windows (``[y0, x0, y1, x1]``, shared by the batch) -> ``B×K×C``."""
     from ...pooling import region_max
 
-    b = torch.as_tensor(boxes, dtype=torch.long).reshape(-1, 4)
-    return region_max(x, torch.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1))
+    return region_max(x, convert(torch.as_tensor(boxes, dtype=torch.long).reshape(-1, 4), "yxyx", "yxhw"))

@@ -11,10 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 
 from ...data import RetrievalDataset  # noqa: E402
-from ...viz import clear_ticks, finish_figure, frame_result, show_thumbnail  # noqa: E402
+from ...boxes import Boxes  # noqa: E402
+from ...viz import clear_ticks, draw_boxes, finish_figure, frame_result, show_query, show_thumbnail  # noqa: E402
 
 
 def save_localizations(rerank: dict[str, Any], dataset: RetrievalDataset, gnd: Sequence[dict], queries: Sequence[int],
@@ -23,13 +23,7 @@ def save_localizations(rerank: dict[str, Any], dataset: RetrievalDataset, gnd: S
     rows = len(queries)
     fig, axes = plt.subplots(rows, k + 1, figsize=(2.1 * (k + 1), 2.2 * rows), dpi=90, squeeze=False)
     for r, qi in enumerate(queries):
-        ax = axes[r, 0]
-        sx, sy = show_thumbnail(ax, dataset.query_paths[qi], thumb)
-        b = dataset.query_bbx[qi]
-        if b is not None:
-            ax.add_patch(Rectangle((b[0] * sx, b[1] * sy), (b[2] - b[0]) * sx, (b[3] - b[1]) * sy, fill=False,
-                                   edgecolor="blue", linewidth=2))
-        ax.set_title(f"query {qi}", fontsize=8)
+        show_query(axes[r, 0], dataset.query_paths[qi], dataset.query_bbx[qi], thumb, qi)
         rr, short = rerank["reranked"][qi], rerank["shortlists"][qi]
         ok = set(np.asarray(gnd[qi]["ok"]).tolist())
         junk = set(np.asarray(gnd[qi].get("junk", [])).tolist())
@@ -40,12 +34,9 @@ def save_localizations(rerank: dict[str, Any], dataset: RetrievalDataset, gnd: S
             pos = int(rr.order[c])
             db = int(short[pos])
             show_thumbnail(ax, dataset.db_paths[db], thumb)
-            h_img, w_img = ax.images[0].get_array().shape[:2]
-            if rr.boxes[pos, 0] >= 0:
-                y0, x0, y1, x1 = rr.boxes[pos]
-                fh, fw = rr.feature_hw[pos]
-                ax.add_patch(Rectangle((x0 / fw * w_img, y0 / fh * h_img), (x1 - x0) / fw * w_img,
-                                       (y1 - y0) / fh * h_img, fill=False, edgecolor="magenta", linewidth=2))
+            if rr.boxes[pos, 0] >= 0:  # the window in cells, stretched over the thumbnail
+                window = Boxes.of(rr.boxes[pos:pos + 1], "yxyx", "cells", rr.feature_hw[pos])
+                draw_boxes(ax, window.to_pixels(ax.images[0].get_array().shape[:2]).numpy(), "magenta")
             ax.set_title(f"#{pos + 1} → #{c + 1}  ({rr.scores[pos]:.2f})", fontsize=7)
             frame_result(ax, db, ok, junk)
         clear_ticks(axes[r])

@@ -52,33 +52,3 @@ def count_all_windows(H: int, W: int, min_size: int = 1) -> int:
     ny = (H - min_size + 1) * (H - min_size + 2) // 2
     nx = (W - min_size + 1) * (W - min_size + 2) // 2
     return ny * nx
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of ``[y0, x0, y1, x1]`` windows, row by row (``N×4``, ``N×4`` -> ``N``)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    ih = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    iw = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = ih * iw
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
-
-
-def cells_to_pixels(boxes: np.ndarray, feature_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """Windows in cells -> ``[x1, y1, x2, y2]`` pixel boxes of an ``image_hw`` image (the cell grid stretched over
-    the image, the paper's precision of ``W_I / W`` pixels)."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    sy, sx = image_hw[0] / feature_hw[0], image_hw[1] / feature_hw[1]
-    return np.stack([b[:, 1] * sx, b[:, 0] * sy, b[:, 3] * sx, b[:, 2] * sy], 1)
-
-
-def pixels_to_cells(boxes: np.ndarray, feature_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """``[x1, y1, x2, y2]`` pixel boxes -> the ``[y0, x0, y1, x1]`` cell windows covering them (at least 1 cell)."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    H, W = feature_hw
-    sy, sx = image_hw[0] / H, image_hw[1] / W
-    y0 = np.clip(np.floor(b[:, 1] / sy), 0, H - 1)
-    x0 = np.clip(np.floor(b[:, 0] / sx), 0, W - 1)
-    y1 = np.clip(np.maximum(np.ceil(b[:, 3] / sy), y0 + 1), 1, H)
-    x1 = np.clip(np.maximum(np.ceil(b[:, 2] / sx), x0 + 1), 1, W)
-    return np.stack([y0, x0, y1, x1], 1).astype(np.int64)

@@ -6,7 +6,7 @@ from .boxes import regions_per_image, rmac_boxes, select_boxes
 from .codebook import Codebook, l2_rows, learn_codebook, learn_pca
 from .database import (AGGREGATIONS, KERNELS, REGIONAL_SEARCH, VARIANTS, Database, check_variant, encode_image,
                        encode_query, variant_name)
-from .features import (DELF_SCALES, ActivationFeatures, LocalFeatureExtractor, crop, crop_window,
+from .features import (DELF_SCALES, ActivationFeatures, LocalFeatureExtractor, crop,
                        region_descriptors)
 from .ivf import InvertedFile
 from .kernels import (Aggregated, asmk, asmk_star, assign, binary_similarity, bytes_per_image, gamma, hamming,
@@ -15,7 +15,7 @@ from .kernels import (Aggregated, asmk, asmk_star, assign, binary_similarity, by
 
 __all__ = ["AGGREGATIONS", "DELF_SCALES", "KERNELS", "REGIONAL_SEARCH", "VARIANTS", "ActivationFeatures",
            "Aggregated", "Codebook", "Database", "InvertedFile", "LocalFeatureExtractor", "asmk", "asmk_star",
-           "assign", "binary_similarity", "bytes_per_image", "check_variant", "crop", "crop_window", "encode_image",
+           "assign", "binary_similarity", "bytes_per_image", "check_variant", "crop", "encode_image",
            "encode_query", "gamma", "hamming", "l2_rows", "learn_codebook", "learn_pca", "naive_r_asmk", "r_asmk",
            "r_asmk_star", "r_vlad", "region_descriptors", "regional_similarities", "regions_per_image",
            "residual_sums", "rmac_boxes", "select_boxes", "selectivity", "self_similarity", "sim_avg", "sim_max",

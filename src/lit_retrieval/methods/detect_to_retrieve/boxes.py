@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ...boxes import convert
 from ...regions import rmac_grid
 
 
@@ -25,7 +26,7 @@ def rmac_boxes(H: int, W: int, levels: int, drop_whole: bool = True) -> np.ndarr
 
     :func:`lit_retrieval.regions.rmac_grid` computes the grid on any integer ``H×W`` lattice and returns
     ``[y0, x0, h, w]``; on the pixel lattice those are pixel boxes (all inside the image), converted here to
-    ``[x0, y0, x0 + w, y0 + h]``. Level ``l`` has ``(l + W_d)·(l + H_d)`` square boxes of side ``2·min(H, W)/(l+1)``
+    ``xyxy``. Level ``l`` has ``(l + W_d)·(l + H_d)`` square boxes of side ``2·min(H, W)/(l+1)``
     (``W_d``/``H_d`` extra boxes along the long side, about 40% overlap): a 4:3 image (e.g. 1024×768, the usual
     ROxford/RParis size) gets 2 boxes at level 1 and 6 at level 2, so ``levels=2`` gives 8 boxes, i.e. the
     paper's "RMAC boxes with 2 levels (9 regions per image)" (Appendix C) once the whole image is added as region 0;
@@ -35,7 +36,7 @@ def rmac_boxes(H: int, W: int, levels: int, drop_whole: bool = True) -> np.ndarr
     if levels < 1:
         raise ValueError(f"rmac_boxes needs levels >= 1, got {levels}")
     g = rmac_grid(int(H), int(W), int(levels))  # [y0, x0, h, w]
-    b = np.stack([g[:, 1], g[:, 0], g[:, 1] + g[:, 3], g[:, 0] + g[:, 2]], axis=1).astype(np.float32)
+    b = convert(g, "yxhw", "xyxy").astype(np.float32)
     if drop_whole:
         b = b[~np.all(b == np.array([0, 0, W, H], np.float32), axis=1)]
     return b.reshape(-1, 4)

@@ -14,13 +14,14 @@ from the whole image's features.
 from __future__ import annotations
 
 import itertools
-import math
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ...boxes import Boxes
 
 if TYPE_CHECKING:  # importing the backbones package pulls timm; features only need the Backbone interface
     from ...backbones.base import Backbone
@@ -124,23 +125,13 @@ def _empty(dim: int) -> Features:
     return np.zeros((0, dim), np.float32), np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
 
 
-def crop_window(box: Sequence[float], H: int, W: int) -> tuple[int, int, int, int]:
-    """Integer pixel window ``(x0, y0, x1, y1)`` (end exclusive) of an ``xyxy`` box: rounded outward (floor of the
-    start, ceil of the end), clipped to the ``H×W`` image, at least 1 pixel wide and high."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not all(map(math.isfinite, (x0, y0, x1, y1))):
-        raise ValueError(f"box must be finite, got {tuple(box)}")
-    cx0 = min(max(math.floor(x0), 0), W - 1)
-    cy0 = min(max(math.floor(y0), 0), H - 1)
-    cx1 = max(min(math.ceil(x1), W), cx0 + 1)
-    cy1 = max(min(math.ceil(y1), H), cy0 + 1)
-    return cx0, cy0, cx1, cy1
-
-
 def crop(image: Tensor, box: Sequence[float]) -> Tensor:
-    """The ``3×h×w`` crop of a ``3×H×W`` image to an ``xyxy`` pixel box (see :func:`crop_window`; a view)."""
+    """The ``3×h×w`` crop of a ``3×H×W`` image to an ``xyxy`` pixel box, rounded outward (floor of the start, ceil
+    of the end), clipped to the image, at least 1 pixel wide and high (:meth:`~lit_retrieval.boxes.Boxes.rounded_out`;
+    a view)."""
     _check_image(image, "crop")
-    x0, y0, x1, y1 = crop_window(box, int(image.shape[1]), int(image.shape[2]))
+    window = Boxes.of(torch.tensor([[float(v) for v in box]], dtype=torch.float64), size=image.shape[1:])
+    x0, y0, x1, y1 = window.rounded_out().to()[0].tolist()
     return image[:, y0:y1, x0:x1]
 
 
@@ -160,5 +151,5 @@ def region_descriptors(extractor: LocalFeatureExtractor, image: Tensor,
     return out
 
 
-__all__ = ["DELF_SCALES", "ActivationFeatures", "Features", "LocalFeatureExtractor", "crop", "crop_window",
+__all__ = ["DELF_SCALES", "ActivationFeatures", "Features", "LocalFeatureExtractor", "crop",
            "region_descriptors"]

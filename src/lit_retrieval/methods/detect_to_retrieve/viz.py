@@ -10,11 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ...data import RetrievalDataset  # noqa: E402
-from ...viz import clear_ticks, finish_figure, show_thumbnail  # noqa: E402
+from ...viz import clear_ticks, draw_boxes, finish_figure, show_thumbnail  # noqa: E402
 
 
 def save_regions(dataset: RetrievalDataset, boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray], path: Path,
@@ -29,11 +28,7 @@ def save_regions(dataset: RetrievalDataset, boxes: Sequence[np.ndarray], scores:
         with Image.open(dataset.db_paths[i]) as im:
             w, h = im.size
         f = sx * max(w, h) / min(image_size, max(w, h))  # extracted pixels -> thumbnail pixels
-        for (x1, y1, x2, y2), s in zip(np.asarray(boxes[i]).reshape(-1, 4), np.asarray(scores[i]).reshape(-1)):
-            ax.add_patch(Rectangle((x1 * f, y1 * f), (x2 - x1) * f, (y2 - y1) * f, fill=False, edgecolor="orange",
-                                   linewidth=1.5))
-            ax.text(x1 * f + 2, y1 * f + 8, f"{s:.2f}", color="black", fontsize=6,
-                    bbox={"facecolor": "orange", "alpha": 0.8, "pad": 1, "linewidth": 0})
+        draw_boxes(ax, boxes[i], "orange", scores[i], scale=(f, f), linewidth=1.5)
         ax.set_title(f"db {i}: {len(np.asarray(scores[i]).reshape(-1)) + 1} regions", fontsize=7)
     for ax in axes.ravel()[len(pick):]:
         ax.axis("off")

@@ -11,16 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ...data import RetrievalDataset  # noqa: E402
-from ...viz import clear_ticks, finish_figure, frame_result, show_query, show_thumbnail  # noqa: E402
-
-
-def _box(ax, box: Sequence[float]) -> None:
-    x1, y1, x2, y2 = box
-    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="magenta", linewidth=2))
+from ...viz import clear_ticks, draw_boxes, finish_figure, frame_result, show_query, show_thumbnail  # noqa: E402
 
 
 def save_local_boxes(result: dict[str, Any], dataset: RetrievalDataset, gnd: Sequence[dict], queries: Sequence[int],
@@ -44,7 +38,7 @@ def save_local_boxes(result: dict[str, Any], dataset: RetrievalDataset, gnd: Seq
             else:
                 with Image.open(dataset.db_paths[db]) as im:
                     w, h = im.size
-                _box(ax, boxes[qi, j] * np.array([w * sx, h * sy, w * sx, h * sy]))
+                draw_boxes(ax, boxes[qi, j:j + 1], "magenta", scale=(w * sx, h * sy))  # boxes: image fractions
                 ax.set_title(f"#{c + 1} S_local {s_local[qi, j]:.2f}", fontsize=7)
             frame_result(ax, db, ok, junk)
         clear_ticks(axes[r])

@@ -27,10 +27,10 @@ from PIL import Image
 from pytorch_lightning.trainer.states import TrainerFn
 
 from ...atomic import atomic_json
+from ...boxes import Boxes
 from ...data import load_dataset, load_for_retrieval
 from ...loggers import log_images, log_metrics
-from .pictures import (attention_on_objects, boxes_feature_to_pixels, save_attention_histogram,
-                             save_attention_regions)
+from .pictures import attention_on_objects, save_attention_histogram, save_attention_regions
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class AttentionVisualization(pl.Callback):
                     att = net.attention_map(net.backbone.normalize(img[None].to(pl_module.device)))
                     hw = tuple(img.shape[-2:])
                     images.append((img.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8))
-                    boxes.append(boxes_feature_to_pixels(np.asarray(att["boxes"]), net.backbone.stride, hw))
+                    cells = Boxes.of(np.asarray(att["boxes"], np.int64), "yxhw", "cells")
+                    boxes.append(cells.to_pixels(hw, stride=net.backbone.stride).numpy())
                     weights.append(att["weights"][0].float().cpu().numpy())
                     levels.append(np.asarray(att["levels"]))
                     with Image.open(path) as im:  # object boxes: stored pixels -> the resized image's

@@ -33,21 +33,6 @@ def top_regions(weights: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-w, kind="stable")[:k].astype(np.int64)
 
 
-def boxes_feature_to_pixels(boxes_yxhw: np.ndarray, stride: int, image_hw: tuple[int, int]) -> np.ndarray:
-    """Feature-map boxes ``[y0, x0, h, w]`` (cells) to pixel boxes ``[x1, y1, x2, y2]``, clipped to the image.
-
-    ``x1 = x0*stride``, ``x2 = min((x0+w)*stride, W)`` and likewise in y. Returns an ``R×4`` int64 array.
-    """
-    b = np.asarray(boxes_yxhw, dtype=np.int64).reshape(-1, 4)
-    H, W = int(image_hw[0]), int(image_hw[1])
-    y0, x0, h, w = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    x1 = np.clip(x0 * stride, 0, W)
-    y1 = np.clip(y0 * stride, 0, H)
-    x2 = np.minimum((x0 + w) * stride, W)
-    y2 = np.minimum((y0 + h) * stride, H)
-    return np.stack([x1, y1, x2, y2], axis=1).astype(np.int64)
-
-
 def on_objects(regions: np.ndarray, objects: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
     """Whether each region ``R×4`` lies on one of the ``objects`` ``M×4`` (both ``[x1, y1, x2, y2]`` pixels):
     their intersection covers at least ``min_overlap`` of the smaller of the two boxes (the region mostly on

@@ -15,7 +15,7 @@ from typing import Any
 _EXPORTS = {
     **dict.fromkeys(("coco_ap", "coco_ground_truth", "detection_results"), "ap"),
     **dict.fromkeys(("LANDMARK_LABEL", "BoxesDataModule", "BoxSource", "BoxSubset", "CocoBoxes", "DetectionDataset",
-                     "LandmarkBoxesCSV", "SyntheticBoxes", "box_paste_params", "collate_detection", "hflip_boxes",
+                     "LandmarkBoxesCSV", "SyntheticBoxes", "box_paste_params", "collate_detection",
                      "make_box_source", "parse_box_field"), "data"),
     **dict.fromkeys(("save_detections", "save_learning_curve"), "viz"),
 }

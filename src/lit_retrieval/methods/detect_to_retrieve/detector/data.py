@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ....boxes import Boxes, convert
 from ....data.classification import limit_samples
 from ....data.features import CachedItems, FeatureStore, feature_options, fill_store, model_encoder
 from ....data.errors import DataError, ImageLoadError
@@ -85,20 +86,6 @@ class BoxSource(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` ``[x, y, w, h]`` (COCO) to float32 ``[x1, y1, x2, y2]``."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
-
-
-def hflip_boxes(boxes: np.ndarray | torch.Tensor, width: int) -> np.ndarray | torch.Tensor:
-    """Boxes of the horizontally flipped image: column ``c`` goes to ``width - 1 - c``, so the exclusive
-    span ``[x1, x2)`` becomes ``[width - x2, width - x1)``."""
-    flipped = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
-    flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
-    return flipped
-
-
 def _check_index(index: int, n: int, what: str = "image") -> int:
     index = int(index)
     if not 0 <= index < n:
@@ -108,9 +95,7 @@ def _check_index(index: int, n: int, what: str = "image") -> int:
 
 def _clip(boxes: np.ndarray, height: int, width: int, min_size: float) -> np.ndarray:
     """Boxes clipped to the image, keeping those at least ``min_size`` px (and more than 0) wide and high."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    b[:, 0::2] = b[:, 0::2].clip(0, width)
-    b[:, 1::2] = b[:, 1::2].clip(0, height)
+    b = Boxes.of(np.asarray(boxes, dtype=np.float32), size=(height, width)).clipped().numpy()
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     return b[(w >= min_size) & (h >= min_size) & (w > 0) & (h > 0)]
 
@@ -237,7 +222,7 @@ class CocoBoxes:
             file_name, height, width = info["file_name"], int(info["height"]), int(info["width"])
             anns = [a for a in coco.imgToAnns[image_id]
                     if not a.get("iscrowd", 0) and (cat_ids is None or a["category_id"] in cat_ids)]
-            boxes = xywh_to_xyxy(np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4))
+            boxes = convert(np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4), "xywh", "xyxy")
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"image {image_id} or one of its annotations is malformed ({type(err).__name__}: {err})",
                             self.ann_file, "every image needs file_name/height/width and every annotation a "
@@ -597,7 +582,7 @@ class DetectionDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         image, boxes, _key = self.source.load(index)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         if self.flipped(index):
-            image, boxes = image[:, ::-1], hflip_boxes(boxes, image.shape[1])
+            image, boxes = image[:, ::-1], Boxes.of(boxes, size=image.shape[:2]).hflip().numpy()
         target = {"boxes": torch.from_numpy(np.ascontiguousarray(boxes)),
                   "labels": torch.full((len(boxes),), LANDMARK_LABEL, dtype=torch.int64), "image_id": index}
         return image_to_tensor(image), target
@@ -621,18 +606,18 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]
 def _serve_boxes(levels: Sequence[str], train: bool, hflip_prob: float) -> Any:
     """What the detector's step receives from a stored item: ``({level: trunk map}, target)``; training targets
     are in resized pixels (the loss's), validation targets in pixels of the image (the detections')."""
-    from .models import resized_boxes
-
     def serve(item: dict[str, Any], rng: np.random.Generator | None) -> tuple[dict[str, torch.Tensor], dict]:
         flip = train and rng is not None and hflip_prob > 0 and bool(rng.random() < hflip_prob)
         field = "flip" if flip else "image"
         maps = {lvl: torch.from_numpy(np.array(item[f"{field}.{lvl}"])) for lvl in levels}
         original, size = tuple(int(v) for v in item["original"]), tuple(int(v) for v in item["size"])
-        boxes = torch.from_numpy(np.array(item["boxes"][: int(item["n_boxes"])], dtype=np.float32)).reshape(-1, 4)
+        boxes = Boxes.of(torch.from_numpy(np.array(item["boxes"][: int(item["n_boxes"])], dtype=np.float32)),
+                         size=original)
         if flip:
-            boxes = hflip_boxes(boxes, original[1])
+            boxes = boxes.hflip()
         if train:
-            boxes = resized_boxes(boxes, original, size)
+            boxes = boxes.resized(size)
+        boxes = boxes.to()
         target = {"boxes": boxes, "labels": torch.full((len(boxes),), LANDMARK_LABEL, dtype=torch.int64),
                   "image_id": int(item["index"]), "image_size": size, "original_size": original}
         return maps, target
@@ -663,7 +648,7 @@ def cached_boxes(source: SyntheticBoxes, encoder: Any, store: Mapping[str, Any],
         out = {"image": x, "boxes": padded, "n_boxes": np.int64(len(boxes)), "size": np.array(size, np.int64),
                "original": np.array(image.shape[:2], np.int64), "index": np.int64(i)}
         if "flip" in inputs:
-            out["flip"] = encoder.prepare(pixels.flip(-1), hflip_boxes(boxes, image.shape[1]))[0]
+            out["flip"] = encoder.prepare(pixels.flip(-1), Boxes.of(boxes, size=image.shape[:2]).hflip().to())[0]
         return out
 
     fill_store(fs, item, encoder, f"frozen trunk maps of the {name}", batch=8, inputs=inputs)
@@ -893,5 +878,5 @@ class BoxesDataModule(SeededSplitLoaders, pl.LightningDataModule):
 
 __all__ = ["BoxSource", "BoxSubset", "BoxesDataModule", "CocoBoxes", "DetectionDataset", "LANDMARK_LABEL",
            "LandmarkBoxesCSV", "PASTE_DEFAULTS", "SET_DEFAULTS", "SOURCE_DEFAULTS", "SOURCE_KINDS", "SyntheticBoxes",
-           "box_paste_params", "cached_boxes", "collate_detection", "gld_image_candidates", "hflip_boxes",
-           "image_to_tensor", "make_box_source", "parse_box_field", "xywh_to_xyxy"]
+           "box_paste_params", "cached_boxes", "collate_detection", "gld_image_candidates", "image_to_tensor",
+           "make_box_source", "parse_box_field"]

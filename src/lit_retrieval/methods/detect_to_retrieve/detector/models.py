@@ -31,7 +31,6 @@ from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, mob
 from torchvision.models.detection import FasterRCNN, ssdlite
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import resize_boxes
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -310,11 +309,6 @@ def rcnn_from_trunk(net: nn.Module, maps: Sequence[Mapping[str, Tensor]], image_
     if net.training:
         return {**detector_losses, **proposal_losses}
     return net.transform.postprocess(detections, inputs.image_sizes, list(original_sizes or inputs.image_sizes))
-
-
-def resized_boxes(boxes: Tensor, original: tuple[int, int], resized: tuple[int, int]) -> Tensor:
-    """Boxes of an ``original``-sized image in pixels of its ``resized`` size (torchvision's ``resize_boxes``)."""
-    return resize_boxes(boxes.reshape(-1, 4).float(), list(original), list(resized))
 
 
 @torch.inference_mode()

@@ -17,10 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 
 from ....atomic import atomic_write  # noqa: E402
-from ....viz import clear_ticks  # noqa: E402
+from ....viz import clear_ticks, draw_boxes  # noqa: E402
 
 DET_COLOR, GT_COLOR = "yellow", "lime"
 MIN_SCORE = 0.2  # the paper's figures show detections scoring at least 0.2
@@ -59,18 +58,6 @@ def save_figure(fig: Any, path: str | Path, title: str | None = None) -> Path:
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return Path(path)
-
-
-def draw_boxes(ax: Any, boxes: Any, color: str, scores: Any = None, dashed: bool = False) -> None:
-    """Rectangles for ``(n, 4)`` xyxy ``boxes``, labelled with their ``scores`` if given."""
-    b = _array(boxes).reshape(-1, 4)
-    s = None if scores is None else _array(scores).reshape(-1)
-    for k, (x1, y1, x2, y2) in enumerate(b.tolist()):
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2,
-                               linestyle="--" if dashed else "-"))
-        if s is not None:
-            ax.text(x1, y1, f"{s[k]:.2f}", color="black", fontsize=7, va="bottom",
-                    bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
 
 
 def save_detections(images: Sequence[np.ndarray | torch.Tensor], dets: Sequence[tuple[Any, Any] | None] | None,
@@ -150,4 +137,4 @@ def save_learning_curve(history: Sequence[Mapping[str, Any]], path: str | Path, 
     return save_figure(fig, path, title)
 
 
-__all__ = ["as_uint8_image", "draw_boxes", "save_detections", "save_figure", "save_learning_curve"]
+__all__ = ["as_uint8_image", "save_detections", "save_figure", "save_learning_curve"]
