@@ -126,13 +126,13 @@ def test_aml_c_root_changes_only_the_window_scores_root():
     q = torch.rand(8, generator=torch.Generator().manual_seed(6))
     boxes = torch.tensor(grid_windows(9, 11, 2, 2))
     for root in ("exact", "aml_c"):
-        f = generalized_max(window_sums(sat, boxes), 10.0, root)
-        want = (f @ (q / q.norm())) / f.norm(dim=-1).clamp_min(1e-12)
+        f = generalized_max(window_sums(sat, boxes), 10.0, root).double()  # float32 values, float64 cosines
+        want = (f @ (q / q.norm()).double()) / f.norm(dim=-1).clamp_min(1e-12)
         torch.testing.assert_close(window_scores(sat, boxes, q, root=root), want)
     assert not torch.allclose(window_scores(sat, boxes, q, root="aml_c"), window_scores(sat, boxes, q))
     loc = localize(sat, q, 1.0, AMLSettings(root="aml_c"))
-    f = generalized_max(window_sums(sat, loc.boxes.unsqueeze(1)), 10.0, "aml_c")
-    torch.testing.assert_close(loc.scores, (f @ (q / q.norm()))[:, 0] / f.norm(dim=-1)[:, 0])
+    f = generalized_max(window_sums(sat, loc.boxes.unsqueeze(1)), 10.0, "aml_c").double()
+    torch.testing.assert_close(loc.scores, (f @ (q / q.norm()).double())[:, 0] / f.norm(dim=-1)[:, 0])
 
 
 def _reference_candidates(H, W, q_ratio, step, s):

@@ -65,7 +65,8 @@ def test_rerank_shortlist_brings_the_object_images_first_and_sinks_missing_maps(
     loaded = []
     ws = Workspace()
     r = rerank_shortlist([None if m is None else m.shape for m in maps], lambda i: loaded.append(i) or maps[i],
-                         AMLQuery(q, q_desc, 5 / 7), WindowDescriptor("mac"), workspace=ws)
+                         AMLQuery(q, q_desc, 5 / 7), WindowDescriptor("mac"), AMLSettings(backend="torch"),
+                         workspace=ws)
     timer = ws.timer
     assert sorted(loaded) == [0, 1, 2, 4, 5, 6] and set(timer) == {"load", "integral", "localize", "describe"}
     assert sorted(r.order.tolist()) == list(range(7))

@@ -23,15 +23,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .integral import DEFAULT_ALPHA, generalized_max, window_sums
+from .integral import DEFAULT_ALPHA, check_root, generalized_max, window_sums
 from .windows import candidate_windows, grid_windows
+
+
+BACKENDS = ("compiled", "torch")
 
 
 @dataclass(frozen=True)
 class AMLSettings:
     """The localization's settings (``conf/rerank/aml.yaml``): candidate step ``t`` and aspect factor ``s``
     (Sec. 5), the refinement's edge moves and rounds, the generalized-mean exponent α (eq. 3) and its root
-    (``exact`` or ``aml_c``, the reference's table search)."""
+    (``exact`` or ``aml_c``, the reference's table search), and the implementation re-ranking runs (``compiled``:
+    :mod:`.compiled`; ``torch``: this module, the reference)."""
 
     step: int = 3
     max_ratio: float = 1.1
@@ -39,12 +43,24 @@ class AMLSettings:
     refine_iter: int = 5
     alpha: float = DEFAULT_ALPHA
     root: str = "exact"
+    backend: str = "compiled"
 
     @classmethod
-    def from_cfg(cls, r: Any) -> AMLSettings:
-        """From eval.py's ``rerank`` section."""
+    def from_cfg(cls, r: Any, device: str = "cpu") -> AMLSettings:
+        """From eval.py's ``rerank`` section; ``backend: auto`` is ``torch`` on a GPU ``device``, ``compiled``
+        otherwise."""
+        backend = str(r.get("backend", "auto"))
+        if backend == "auto":
+            backend = "torch" if str(device).startswith("cuda") else "compiled"
         return cls(int(r.step), float(r.max_ratio), int(r.refine_step), int(r.refine_iter), float(r.alpha),
-                   str(r.get("root", "exact")))
+                   str(r.get("root", "exact")), backend)
+
+    def check(self) -> None:
+        """Fail on a root or backend that cannot run."""
+        check_root(self.root, self.alpha)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"rerank.backend={self.backend!r}: choose auto, compiled (numba, one fused pass per "
+                             "image) or torch (the reference implementation, on the CPU or the GPU)")
 
 
 @dataclass
@@ -63,20 +79,22 @@ def window_scores(sat: Tensor, boxes: Tensor, q: Tensor, alpha: float = DEFAULT_
     ``sat`` ``B×(H+1)×(W+1)×C``, windows ``K×4`` or ``B×K×4`` -> ``B×K`` (``images``: only these maps, see
     :func:`~.integral.window_sums`). Windows go in chunks of at most ``max_elements`` window-channel values
     (a few MB: small temporaries are recycled by the allocator, large ones cost fresh page faults every time).
-    An all-zero window scores 0."""
+    An all-zero window scores 0. The pooled values are float32 (as the root returns them), the cosine is
+    accumulated and returned in float64: AML compares windows whose scores differ in the 7th digit, where float32
+    sums of 2048 products would decide by their rounding."""
     B, C = (sat.shape[0] if images is None else len(images)), sat.shape[-1]
-    qn = q.to(torch.float32)
-    qn = qn / qn.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    qn = q.to(sat.device, torch.float32)
+    qn = (qn / qn.norm(dim=-1, keepdim=True).clamp_min(1e-12)).double()
     qn = qn.expand(B, C) if qn.dim() == 1 else qn
     boxes = torch.as_tensor(boxes, dtype=torch.long, device=sat.device)
     K = boxes.shape[-2]
     step = max(1, max_elements // max(1, B * C))
     out = []
     for k0 in range(0, K, step):
-        f = generalized_max(window_sums(sat, boxes[..., k0:k0 + step, :], images), alpha, root)  # B×k×C
+        f = generalized_max(window_sums(sat, boxes[..., k0:k0 + step, :], images), alpha, root).double()  # B×k×C
         num = torch.bmm(f, qn.unsqueeze(2)).squeeze(2)
         out.append(num / f.norm(dim=2).clamp_min(1e-12))
-    return torch.cat(out, 1) if out else sat.new_zeros((B, 0), dtype=torch.float32)
+    return torch.cat(out, 1) if out else sat.new_zeros((B, 0), dtype=torch.float64)
 
 
 def best_window(sat: Tensor, q: Tensor, windows: np.ndarray, alpha: float = DEFAULT_ALPHA,

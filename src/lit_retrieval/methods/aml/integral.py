@@ -21,6 +21,8 @@ integers (a window whose maximum is a single cell at an odd level ``l`` reads ``
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -36,12 +38,15 @@ class Workspace:
     in page faults on every call (on the 2-core benchmark machine a fresh 100 MB tensor costs 5-10× the
     arithmetic done in it), so a re-ranking run keeps one workspace for all its batches. A result computed
     with a workspace lives in it: it is overwritten by the next call that uses the same workspace. ``max_bytes``
-    bounds the integral images of one batch; ``timer`` accumulates the run's seconds per stage."""
+    bounds the integral images of one batch; ``timer`` accumulates the run's seconds per stage; ``device``: where the
+    buffers (and so the torch backend's work) live."""
 
-    def __init__(self, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, max_bytes: int = 1 << 30, device: str | torch.device = "cpu") -> None:
         self._buffers: dict[str, Tensor] = {}
         self.max_bytes = int(max_bytes)
+        self.device = torch.device(device)
         self.timer: dict[str, float] = {}
+        self.compiled: Any = None  # the compiled backend's per-thread buffers (compiled.Buffers)
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         n = 1
@@ -49,7 +54,7 @@ class Workspace:
             n *= int(d)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.numel() < n:
-            buf = self._buffers[name] = torch.empty(n, dtype=dtype)
+            buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
         return buf[:n].view(shape)
 
 

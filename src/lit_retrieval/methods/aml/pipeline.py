@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 from ...data import RetrievalDataset
 from ...data.provenance import item_keys
 from ...retrieval import ImageItem, build_method, dataset_items, image_loader
-from .integral import Workspace, check_root
+from .integral import Workspace
 from ...retrieval.extractor import DescriptorExtractor, loader_workers
 from ...retrieval.interface import Rankings
 from .aml import AMLSettings
-from .rerank import AMLQuery, Reranked, WindowDescriptor, rerank_shortlist, window_query_expansion
+from .rerank import AMLQuery, WindowDescriptor, rerank_queries, window_query_expansion
 from .storage import ActivationStore
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"rerank=aml re-scores localized windows with the filtering's own descriptor, MAC or R-MAC "
                          f"(Tolias et al. Sec. 6); method={cfg.method.name} is not one: use method=mac or "
                          "method=rmac (variant cirtorch or tolias)")
-    check_root(str(cfg.rerank.get("root", "exact")), float(cfg.rerank.alpha))
+    AMLSettings.from_cfg(cfg.rerank, cfg.device).check()
     power = cfg.rerank.get("window_power")
     if power is not None and not float(power) > 0:
         raise ValueError(f"rerank.window_power={power}: use null (no power-law) or an exponent > 0 (2 = test.m)")
@@ -147,23 +147,23 @@ def run_aml(cfg: DictConfig, dataset: RetrievalDataset, backbone: torch.nn.Modul
     ratios = query_ratios(dataset)
     spec = window_spec(cfg, method)
     ranks_rr = ranks.copy()
-    per_query: list[Reranked] = []
-    workspace = Workspace()
+    aml = AMLSettings.from_cfg(r, cfg.device)
+    workspace = Workspace(device=cfg.device if aml.backend == "torch" else "cpu")
     timer = workspace.timer
-    aml = AMLSettings.from_cfg(r)
     t1 = time.perf_counter()
-    for qi in tqdm(range(len(q_desc)), desc=f"AML re-ranking top {n}", leave=False):
-        short = ranks[qi, :n]
-        query = AMLQuery(torch.from_numpy(np.ascontiguousarray(q_mac[qi])), q_desc[qi], ratios[qi])
-        rr = rerank_shortlist([store.shape(int(i)) for i in short], lambda j: store.values(int(short[j])), query,
-                              spec, aml, whiten, workspace)
-        ranks_rr[qi, :n] = short[rr.order]
-        per_query.append(rr)
+    shortlists = [ranks[qi, :n] for qi in range(len(q_desc))]
+    queries = [AMLQuery(torch.from_numpy(np.ascontiguousarray(q_mac[qi])), q_desc[qi], ratios[qi])
+               for qi in range(len(q_desc))]
+    per_query = rerank_queries(shortlists, lambda i: store.shape(int(i)), lambda i: store.payload(int(i)), queries,
+                               spec, aml, whiten, workspace, progress=f"AML re-ranking top {n}")
+    for qi, rr in enumerate(per_query):
+        ranks_rr[qi, :n] = shortlists[qi][rr.order]
     t_rerank = time.perf_counter() - t1
     stored = [store.stored_bytes(i) for i in range(dataset.n_db)]
     raw = [store.raw_bytes(i) for i in range(dataset.n_db)]
     info = {
         "kind": "aml", "n": n, **{k: v for k, v in OmegaConf.to_container(r).items() if k not in ("kind", "n")},
+        "backend": aml.backend,
         "window_descriptor": spec.kind if spec.kind == "mac" else f"rmac/{spec.variant}/L{spec.L}",
         "bytes_per_image": {"stored": float(np.mean(stored)), "raw_float32": float(np.mean(raw))},
         "time_s": {"store": round(t_store, 3), "rerank": round(t_rerank, 3),

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ...pooling import l2n
 from ...regions import rmac_grid
 from ...retrieval.qe import expand_queries
 from .aml import AMLSettings, localize
-from .integral import DEFAULT_ALPHA, Workspace, check_root, generalized_max, power_integral, window_sums
+from .integral import DEFAULT_ALPHA, Workspace, generalized_max, power_integral, window_sums
+from .storage import decode
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,30 @@ class WindowDescriptor:
 
     def pooled(self, sums: Tensor, alpha: float) -> Tensor:
         """L2-normalised (power-law'd) approximate max-pooled vectors from window sums of ``x^α``."""
-        f = generalized_max(sums, alpha)
+        return self.normalized(generalized_max(sums, alpha))
+
+    def normalized(self, f: Tensor) -> Tensor:
+        """L2-normalised (power-law'd) max-pooled vectors."""
         return l2n(f if self.power is None else f.pow(float(self.power)))
+
+    def combine(self, v: Tensor, valid: Tensor) -> Tensor:
+        """One descriptor per window from its ``B×R×C`` normalised region vectors (``valid`` ``B×R×1``): MAC takes
+        its only region; R-MAC sums the valid regions (``tolias``: each whitened and L2-normalised first), L2."""
+        if self.kind == "mac":
+            return v[:, 0]
+        if self.variant == "tolias":
+            v = l2n(self.region_whitening(v))
+        return l2n((v * valid).sum(1))
+
+    def check(self) -> None:
+        """Fail on settings AML cannot re-score windows with."""
+        if self.power is not None and not float(self.power) > 0:
+            raise ValueError(f"window power-law exponent must be > 0 (or None), got {self.power}")
+        if self.kind not in ("mac", "rmac") or (self.kind == "rmac" and self.variant not in ("cirtorch", "tolias")):
+            raise ValueError(f"window descriptor {self.kind}/{self.variant}: AML re-scores windows with mac or rmac "
+                             "(variant cirtorch or tolias)")
+        if self.kind == "rmac" and self.variant == "tolias" and self.region_whitening is None:
+            raise ValueError("rmac variant 'tolias' re-scoring needs the regional whitening of the filtering")
 
 
 def _window_regions(h: int, w: int, L: int, whole: bool) -> np.ndarray:
@@ -63,13 +87,9 @@ def _window_regions(h: int, w: int, L: int, whole: bool) -> np.ndarray:
 def window_descriptors(sat: Tensor, boxes: Tensor, spec: WindowDescriptor, alpha: float = DEFAULT_ALPHA,
                        max_elements: int = 1 << 19) -> Tensor:
     """Descriptors (``B×C``, before whitening, L2-normalised) of one window per map, by integral max-pooling."""
-    if spec.power is not None and not float(spec.power) > 0:
-        raise ValueError(f"window power-law exponent must be > 0 (or None), got {spec.power}")
+    spec.check()
     if spec.kind == "mac":
-        return spec.pooled(window_sums(sat, boxes.unsqueeze(1)), alpha)[:, 0]
-    if spec.kind != "rmac" or spec.variant not in ("cirtorch", "tolias"):
-        raise ValueError(f"window descriptor {spec.kind}/{spec.variant}: AML re-scores windows with mac or rmac "
-                         "(variant cirtorch or tolias)")
+        return spec.combine(spec.pooled(window_sums(sat, boxes.unsqueeze(1)), alpha), None)
     sizes, inverse = np.unique((boxes[:, 2:] - boxes[:, :2]).cpu().numpy(), axis=0, return_inverse=True)
     inverse = inverse.ravel()
     grids = [_window_regions(int(h), int(w), spec.L, whole=spec.variant == "cirtorch") for h, w in sizes]
@@ -80,8 +100,6 @@ def window_descriptors(sat: Tensor, boxes: Tensor, spec: WindowDescriptor, alpha
         rows = np.flatnonzero(inverse == u)
         regions[rows, :len(g)] = g
         valid[rows, :len(g)] = True
-    if spec.variant == "tolias" and spec.region_whitening is None:
-        raise ValueError("rmac variant 'tolias' re-scoring needs the regional whitening of the filtering")
     offset = torch.cat([boxes[:, :2], boxes[:, :2]], 1).unsqueeze(1)
     regions_t = torch.from_numpy(regions).to(boxes.device) + offset
     valid_t = torch.from_numpy(valid).to(boxes.device).unsqueeze(2)
@@ -89,10 +107,7 @@ def window_descriptors(sat: Tensor, boxes: Tensor, spec: WindowDescriptor, alpha
     out = []
     for b0 in range(0, len(boxes), step):
         images = torch.arange(b0, min(b0 + step, len(boxes)), device=boxes.device)
-        v = spec.pooled(window_sums(sat, regions_t[images], images), alpha)
-        if spec.variant == "tolias":
-            v = l2n(spec.region_whitening(v))
-        out.append(l2n((v * valid_t[images]).sum(1)))
+        out.append(spec.combine(spec.pooled(window_sums(sat, regions_t[images], images), alpha), valid_t[images]))
     return torch.cat(out)
 
 
@@ -121,23 +136,83 @@ class AMLQuery:
     ratio: float | None = None
 
 
+Batch = tuple[list[int], np.ndarray, np.ndarray, np.ndarray]  # short-list positions, boxes, scores, descriptors
+
+
+def _dense(payload: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A map from what a short-list loader returns: the map itself, or its stored 1-byte codes (decoded)."""
+    m = np.asarray(payload)
+    return decode(m, shape) if m.ndim == 1 and m.dtype == np.uint8 else m
+
+
+def _torch_batches(shape: tuple[int, int, int], members: list[int], load: Callable[[int], np.ndarray],
+                   query: AMLQuery, spec: WindowDescriptor, aml: AMLSettings, workspace: Workspace,
+                   tick: Callable[[str, float], float]) -> Iterator[Batch]:
+    """The reference: batches of maps -> integral images -> :func:`~.aml.localize` -> :func:`window_descriptors`."""
+    C, H, W = shape
+    power_dtype = torch.float64 if aml.root == "aml_c" else torch.float32
+    batch = max(1, workspace.max_bytes // ((H + 1) * (W + 1) * C * 8))
+    for b0 in range(0, len(members), batch):
+        idx = members[b0:b0 + batch]
+        t = time.perf_counter()
+        x = workspace.get("maps", (len(idx), C, H, W), torch.float32)
+        for j, i in enumerate(idx):  # decoded straight into the reused batch buffer
+            x[j].copy_(torch.from_numpy(_dense(load(i), shape)))
+        t = tick("load", t)
+        sat = power_integral(x, aml.alpha, workspace, power_dtype)
+        t = tick("integral", t)
+        loc = localize(sat, query.mac, query.ratio, aml)
+        t = tick("localize", t)
+        v = window_descriptors(sat, loc.boxes, spec, aml.alpha).cpu().numpy()
+        tick("describe", t)
+        yield idx, loc.boxes.cpu().numpy(), loc.scores.cpu().numpy(), v
+
+
+def _compiled_batches(shape: tuple[int, int, int], members: list[int], load: Callable[[int], np.ndarray],
+                      query: AMLQuery, spec: WindowDescriptor, aml: AMLSettings, workspace: Workspace,
+                      tick: Callable[[str, float], float]) -> Iterator[Batch]:
+    """The compiled pass (:mod:`.compiled`): stored codes -> localized window and its pooled regions, per image in
+    one fused pass (stage ``aml``), then the same normalisation of the regions as the reference."""
+    from . import compiled  # numba: imported when used
+
+    C, H, W = shape
+    regions = compiled.region_table(H, W, 0 if spec.kind == "mac" else spec.L, spec.variant == "cirtorch")
+    R = int(regions[1][..., 1].max())
+    if workspace.compiled is None:
+        workspace.compiled = compiled.Buffers()
+    batch = max(1, (64 << 20) // (4 * R * C))  # pooled regions of one batch: at most 64 MB
+    for b0 in range(0, len(members), batch):
+        idx = members[b0:b0 + batch]
+        t = time.perf_counter()
+        payloads = [load(i) for i in idx]
+        t = tick("load", t)
+        out = compiled.localize_and_pool(payloads, shape, query.mac, query.ratio, aml, regions, workspace.compiled)
+        t = tick("aml", t)
+        f = torch.from_numpy(out["pooled"])
+        valid = (torch.arange(f.shape[1])[None, :] < torch.from_numpy(out["count"])[:, None]).unsqueeze(2)
+        v = spec.combine(spec.normalized(f), valid).numpy()
+        tick("describe", t)
+        yield idx, out["boxes"], out["scores"].astype(np.float32), v
+
+
 def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callable[[int], np.ndarray],
                      query: AMLQuery, spec: WindowDescriptor, aml: AMLSettings | None = None,
                      whiten: Callable[[np.ndarray], np.ndarray] | None = None,
                      workspace: Workspace | None = None) -> Reranked:
     """AML re-ranking of one query's short-list of ``len(shapes)`` images: ``shapes[i]`` is the ``(C, H, W)`` of
     entry ``i``'s activation map (``None``: no map; it keeps score −1 and sinks to the end of the short-list),
-    ``load(i)`` returns that map (levels or raw values, any numeric dtype). Maps are grouped by size and loaded
-    in batches of at most ``workspace.max_bytes`` of integral images, so a short-list never sits decoded in memory
-    at once; ``workspace.timer`` accumulates seconds per stage (``load``, ``integral``, ``localize``,
-    ``describe``). Pass one ``workspace`` for all the queries of a run (its buffers are reused). ``aml.root``: the
-    localization's α-th root, ``exact`` or ``aml_c`` (the reference's, with exact float64 powers as its table of
-    doubles)."""
+    ``load(i)`` returns that map (levels or raw values, any numeric dtype) or its stored 1-byte codes
+    (:func:`~.storage.encode`, as :meth:`~.storage.ActivationStore.payload` gives them). ``aml.backend``:
+    ``compiled`` (:mod:`.compiled`, one fused numba pass per image, images in parallel) or ``torch`` (the
+    reference: maps grouped by size and loaded in batches of at most ``workspace.max_bytes`` of integral images).
+    ``workspace.timer`` accumulates seconds per stage (``load``, ``integral``, ``localize``, ``describe``; compiled:
+    ``load``, ``aml``, ``describe``). Pass one ``workspace`` for all the queries of a run (its buffers are reused).
+    ``aml.root``: the localization's α-th root, ``exact`` or ``aml_c`` (the reference's, with exact float64 powers
+    as its table of doubles)."""
     aml = aml or AMLSettings()
-    alpha, root = aml.alpha, aml.root
-    check_root(root, alpha)
-    q_mac, q_desc = query.mac, query.descriptor
-    power_dtype = torch.float64 if root == "aml_c" else torch.float32
+    aml.check()
+    spec.check()
+    q_desc = query.descriptor
     n, D = len(shapes), len(q_desc)
     scores = np.full(n, -1.0, np.float32)
     aml_scores = np.full(n, -1.0, np.float32)
@@ -145,7 +220,7 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
     feature_hw = np.zeros((n, 2), np.int64)
     desc = np.zeros((n, D), np.float32)
     workspace = workspace or Workspace()
-    timer, max_bytes = workspace.timer, workspace.max_bytes
+    timer = workspace.timer
     clock = time.perf_counter
 
     def tick(stage: str, t0: float) -> float:
@@ -153,31 +228,119 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
         timer[stage] = timer.get(stage, 0.0) + t - t0
         return t
 
-    groups: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple[int, int, int], list[int]] = {}
     for i, shape in enumerate(shapes):
         if shape is not None:
-            groups.setdefault(tuple(shape), []).append(i)
+            groups.setdefault(tuple(int(v) for v in shape), []).append(i)  # type: ignore[arg-type]
+    batches = _compiled_batches if aml.backend == "compiled" else _torch_batches
     for (C, H, W), members in groups.items():
-        batch = max(1, max_bytes // ((H + 1) * (W + 1) * C * 8))
-        for b0 in range(0, len(members), batch):
-            idx = members[b0:b0 + batch]
+        for idx, loc_boxes, loc_scores, v in batches((C, H, W), members, load, query, spec, aml, workspace, tick):
             t = clock()
-            x = workspace.get("maps", (len(idx), C, H, W), torch.float32)
-            for j, i in enumerate(idx):  # decoded straight into the reused batch buffer
-                x[j].copy_(torch.from_numpy(np.asarray(load(i))))
-            t = tick("load", t)
-            sat = power_integral(x, alpha, workspace, power_dtype)
-            t = tick("integral", t)
-            loc = localize(sat, q_mac, query.ratio, aml)
-            t = tick("localize", t)
-            v = window_descriptors(sat, loc.boxes, spec, alpha).numpy()
             desc[idx] = whiten(v) if whiten is not None else v
             tick("describe", t)
-            boxes[idx], aml_scores[idx], feature_hw[idx] = loc.boxes.numpy(), loc.scores.numpy(), (H, W)
+            boxes[idx], aml_scores[idx], feature_hw[idx] = loc_boxes, loc_scores, (H, W)
     has = boxes[:, 0] >= 0
     scores[has] = desc[has] @ q_desc
     order = np.argsort(-scores, kind="stable")
     return Reranked(order, scores, boxes, feature_hw, aml_scores, desc)
+
+
+def _finish_query(q_desc: np.ndarray, boxes: np.ndarray, aml_scores: np.ndarray, feature_hw: np.ndarray,
+                  raw: np.ndarray, whiten: Callable[[np.ndarray], np.ndarray] | None) -> Reranked:
+    """One query's short-list from its localized windows and their descriptors before whitening."""
+    has = boxes[:, 0] >= 0
+    desc = np.zeros_like(raw)
+    if has.any():
+        desc[has] = whiten(raw[has]) if whiten is not None else raw[has]
+    scores = np.full(len(boxes), -1.0, np.float32)
+    scores[has] = desc[has] @ q_desc
+    return Reranked(np.argsort(-scores, kind="stable"), scores, boxes, feature_hw, aml_scores, desc)
+
+
+def rerank_queries(shortlists: Sequence[np.ndarray], shape_of: Callable[[int], tuple[int, int, int] | None],
+                   load: Callable[[int], np.ndarray], queries: Sequence[AMLQuery], spec: WindowDescriptor,
+                   aml: AMLSettings | None = None, whiten: Callable[[np.ndarray], np.ndarray] | None = None,
+                   workspace: Workspace | None = None, progress: str | None = None) -> list[Reranked]:
+    """AML re-ranking of every query's short-list (``shortlists[q]``: database indices; ``shape_of(i)`` and
+    ``load(i)`` address the database, as in :func:`rerank_shortlist`). With ``aml.backend="compiled"`` and stored
+    codes, each database image is decoded and its integral image built once for all the queries whose short-list
+    holds it (the same localization for each query–image pair, so the same result as query by query); otherwise
+    :func:`rerank_shortlist` runs query by query. ``workspace.timer`` holds the run's seconds per stage (all
+    queries)."""
+    aml = aml or AMLSettings()
+    aml.check()
+    spec.check()
+    workspace = workspace or Workspace()
+    shortlists = [np.asarray(s, np.int64) for s in shortlists]
+    union = np.unique(np.concatenate(shortlists)) if shortlists else np.zeros(0, np.int64)
+    shapes = {int(i): shape_of(int(i)) for i in union}
+    first = next((int(i) for i in union if shapes[int(i)] is not None), None)
+    if aml.backend != "compiled" or first is None or np.asarray(load(first)).ndim != 1:
+        iterate = queries if progress is None else tqdm(queries, desc=progress, leave=False)
+        return [rerank_shortlist([shapes[int(i)] for i in s], lambda j, s=s: load(int(s[j])), q, spec, aml, whiten,
+                                 workspace) for s, q in zip(shortlists, iterate)]
+    from . import compiled  # numba: imported when used
+
+    timer, clock = workspace.timer, time.perf_counter
+    if workspace.compiled is None:
+        workspace.compiled = compiled.Buffers()
+    D = len(queries[0].descriptor) if queries else 0
+    boxes = [np.full((len(s), 4), -1, np.int64) for s in shortlists]
+    aml_scores = [np.full(len(s), -1.0, np.float32) for s in shortlists]
+    feature_hw = [np.zeros((len(s), 2), np.int64) for s in shortlists]
+    raw = [np.zeros((len(s), D), np.float32) for s in shortlists]
+    # every (query, position) pair of the short-lists, grouped by database image
+    pair_q = np.repeat(np.arange(len(shortlists)), [len(s) for s in shortlists])
+    pair_pos = np.concatenate([np.arange(len(s)) for s in shortlists]) if shortlists else np.zeros(0, np.int64)
+    pair_db = np.concatenate(shortlists) if shortlists else np.zeros(0, np.int64)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i in union:
+        if shapes[int(i)] is not None:
+            groups.setdefault(tuple(int(v) for v in shapes[int(i)]), []).append(int(i))  # type: ignore[arg-type]
+    bar = None if progress is None else tqdm(total=sum(map(len, groups.values())), desc=progress, leave=False)
+    for shape, members in groups.items():
+        C, H, W = shape
+        regions = compiled.region_table(H, W, 0 if spec.kind == "mac" else spec.L, spec.variant == "cirtorch")
+        R = int(regions[1][..., 1].max())
+        in_group = np.flatnonzero(np.isin(pair_db, members))
+        in_group = in_group[np.argsort(pair_db[in_group], kind="stable")]  # this size's pairs, by image
+        lo = np.searchsorted(pair_db[in_group], members, "left")
+        hi = np.searchsorted(pair_db[in_group], members, "right")
+        budget = max(1, (64 << 20) // (4 * R * C))  # pooled regions of one batch: at most 64 MB
+        b0 = 0
+        while b0 < len(members):
+            b1 = b0 + 1
+            while b1 < len(members) and hi[b1] - lo[b0] <= budget:
+                b1 += 1
+            sel = in_group[lo[b0]:hi[b1 - 1]]
+            ptr = np.concatenate([[0], np.cumsum(hi[b0:b1] - lo[b0:b1])])
+            t = clock()
+            codes = [load(i) for i in members[b0:b1]]
+            timer["load"] = timer.get("load", 0.0) + clock() - t
+            t = clock()
+            out = compiled.localize_shared(codes, shape, [(q.mac, q.ratio) for q in queries], (ptr, pair_q[sel]), aml,
+                                           regions, workspace.compiled)
+            timer["aml"] = timer.get("aml", 0.0) + clock() - t
+            t = clock()
+            f = torch.from_numpy(out["pooled"])
+            valid = (torch.arange(f.shape[1])[None, :] < torch.from_numpy(out["count"])[:, None]).unsqueeze(2)
+            v = spec.combine(spec.normalized(f), valid).numpy()
+            qs, pos = pair_q[sel], pair_pos[sel]
+            for qi in np.unique(qs).tolist():  # scattered back to each query's short-list order
+                m = qs == qi
+                boxes[qi][pos[m]], aml_scores[qi][pos[m]] = out["boxes"][m], out["scores"][m]
+                feature_hw[qi][pos[m]], raw[qi][pos[m]] = (H, W), v[m]
+            timer["describe"] = timer.get("describe", 0.0) + clock() - t
+            if bar is not None:
+                bar.update(b1 - b0)
+            b0 = b1
+    if bar is not None:
+        bar.close()
+    t = clock()
+    out = [_finish_query(q.descriptor, boxes[k], aml_scores[k], feature_hw[k], raw[k], whiten)
+           for k, q in enumerate(queries)]
+    timer["describe"] = timer.get("describe", 0.0) + clock() - t
+    return out
 
 
 def window_query_expansion(q_desc: np.ndarray, r: Reranked, k: int = 5,

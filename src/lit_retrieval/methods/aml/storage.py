@@ -322,6 +322,15 @@ class ActivationStore:
         e = self._entry(c, j, as_float=False)
         return None if e is None else e[0]
 
+    def payload(self, index: int) -> np.ndarray | None:
+        """What image ``index`` is stored as, undecoded (read-only views): its 1-D ``uint8`` codes when quantized
+        (:func:`encode`), its ``C×H×W`` float32 map otherwise; ``None`` for a missing image."""
+        c, j = self._locate(index)
+        if c.missing[j]:
+            return None
+        data = c.payload[c.offsets[j]:c.offsets[j + 1]]
+        return data if self.quantized else data.reshape(tuple(int(s) for s in c.shapes[j]))
+
     def shape(self, index: int) -> tuple[int, int, int] | None:
         """``(C, H, W)`` of image ``index``'s map without decoding it; ``None`` for a missing image."""
         c, j = self._locate(index)

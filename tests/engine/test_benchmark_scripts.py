@@ -1,0 +1,44 @@
+"""The speed scripts run and write the JSON their docs promise (at a tiny size: timings are not checked here)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, timeout: int = 600) -> str:
+    out = subprocess.run(list(args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+def test_gpu_check_says_no_gpu_and_runs_on_the_cpu(tmp_path):
+    import torch
+
+    out = _run("bash", "benchmarks/gpu_check.sh", "--json", str(tmp_path / "gpu.json"))
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    if not torch.cuda.is_available():
+        assert "no GPU" in out and res["gpu"] is None and res["device"] == "cpu"
+    assert res["extraction"]["images_per_s"] > 0 and res["extraction"]["gflops_per_image"] > 10
+    assert res["aml"]["s_per_query"] > 0 and res["local_similarity"]["pairs_per_s"] > 0
+
+
+def test_aml_speed_json_and_same_result(tmp_path):
+    _run(sys.executable, "benchmarks/aml_speed.py", "--n", "12", "--queries", "1", "--many", "3", "--distinct", "4",
+         "--json", str(tmp_path / "aml.json"))
+    res = json.loads((tmp_path / "aml.json").read_text())
+    assert res["same_result"] is True
+    for key in ("s_per_query", "reference_torch_s_per_query", "s_per_query_one_at_a_time", "s_per_query_3_queries"):
+        assert set(res[key]) == {"2048x24x32", "1280x16x16"} and all(v > 0 for v in res[key].values())
+    assert set(res["compiled_one_thread_ms_per_image"]["2048x24x32"]) == {"decode", "integral", "localize"}
+
+
+def test_rmac_pooling_json(tmp_path):
+    _run(sys.executable, "benchmarks/rmac_pooling.py", "--no-sweep", "--repeats", "1", "--no-check", "--json",
+         str(tmp_path / "rmac.json"))
+    res = json.loads((tmp_path / "rmac.json").read_text())
+    assert res["same_output"] is True and res["shape"] == [16, 2048, 24, 32] and res["L"] == 3
+    assert res["speedup_vs_cirtorch_style_loop"] > 1 and 0 < res["memory_bound_ms"] < res["ms"]
