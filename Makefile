@@ -35,6 +35,7 @@ bench: venv
 	-$(PY) benchmarks/regional_attention_speed.py
 	-$(PY) benchmarks/aml_speed.py --queries 2
 	-$(PY) benchmarks/local_similarity_speed.py
+	-$(PY) benchmarks/d2r_speed.py
 	-bash benchmarks/gpu_check.sh
 
 clean-cache:

@@ -42,3 +42,10 @@ def test_rmac_pooling_json(tmp_path):
     res = json.loads((tmp_path / "rmac.json").read_text())
     assert res["same_output"] is True and res["shape"] == [16, 2048, 24, 32] and res["L"] == 3
     assert res["speedup_vs_cirtorch_style_loop"] > 1 and 0 < res["memory_bound_ms"] < res["ms"]
+
+
+def test_d2r_speed_json(tmp_path):
+    _run(sys.executable, "benchmarks/d2r_speed.py", "--images", "2", "--json", str(tmp_path / "d2r.json"))
+    res = json.loads((tmp_path / "d2r.json").read_text())
+    assert res["images"] == 2 and 0 < res["s_per_image"] and 0 < res["s_per_image_before"]
+    assert set(res["stages_s_per_image"]) == {"detector", "whole_image_features"}

@@ -253,6 +253,23 @@ def test_region_descriptors_whole_image_first_and_boxes_re_extracted():
     assert regions[2].shape == (0, 3)  # a 2×2-pixel crop is smaller than one stride
 
 
+def test_selected_box_features_are_the_whole_images_inside_the_box():
+    image = _block_image(1)
+    ext = ActivationFeatures(AvgPool8(), scales=(0.5, 1.0, 2.0), max_features=7)
+    boxes = np.array([[36.0, 12.0, 52.0, 28.0], [0.0, 0.0, 64.0, 48.0], [3.0, 5.0, 5.0, 7.0]])
+    picked = region_descriptors(ext, image, boxes, box_features="select")
+    np.testing.assert_array_equal(picked[0], ext(image)[0])  # the whole image as with re-extraction
+    d_all, loc, _ = ActivationFeatures(AvgPool8(), scales=ext.scales, max_features=10_000)(image)
+    inside = (loc[:, 0] >= 36) & (loc[:, 0] < 52) & (loc[:, 1] >= 12) & (loc[:, 1] < 28)
+    want = d_all[inside][:7]  # the strongest 7 of the whole image's features centred in the box (ties: any order)
+    rows = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+    np.testing.assert_array_equal(rows(picked[1]), rows(want))
+    np.testing.assert_array_equal(rows(picked[2]), rows(ext(image)[0]))  # the whole image as a box: the same
+    assert picked[3].shape == (0, 3)  # no feature centre in a 2×2-pixel box
+    with pytest.raises(ValueError, match="box_features"):
+        region_descriptors(ext, image, boxes, box_features="crop")
+
+
 def test_activation_features_on_a_real_backbone():
     from lit_retrieval.backbones import build_backbone
     torch.manual_seed(0)

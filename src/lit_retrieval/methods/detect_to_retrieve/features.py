@@ -90,6 +90,11 @@ class ActivationFeatures:
                 f"min_size={self.min_size}, min_norm={self.min_norm})")
 
     def __call__(self, image: Tensor) -> Features:
+        return self.strongest(*self.dense(image))
+
+    def dense(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Every location of every scale, before the selection: ``(descriptors N×C, centres N×2 (x, y) in input
+        pixels, scales N, L2 norms N)`` as tensors on the backbone's device (``N = 0`` when no scale fits)."""
         _check_image(image, "ActivationFeatures")
         H, W = int(image.shape[1]), int(image.shape[2])
         stride = float(self.backbone.stride)
@@ -112,13 +117,20 @@ class ActivationFeatures:
                 locs.append(xy)
                 scales.append(torch.full((fh * fw,), s, device=fmap.device))
             if not descs:
-                return _empty(self.dim)
+                empty = torch.zeros((0,), device=self.device)
+                return torch.zeros((0, self.dim), device=self.device), empty.reshape(0, 2), empty, empty
             d, xy, sc = torch.cat(descs), torch.cat(locs), torch.cat(scales)
-            norms = torch.linalg.vector_norm(d.float(), dim=1)
-            top = torch.topk(norms, min(self.max_features, len(norms)), sorted=True).indices
-            top = top[norms[top] > self.min_norm]
-            return (d[top].float().cpu().numpy(), xy[top].float().cpu().numpy(),
-                    sc[top].float().cpu().numpy())
+            return d, xy, sc, torch.linalg.vector_norm(d.float(), dim=1)
+
+    def strongest(self, d: Tensor, xy: Tensor, sc: Tensor, norms: Tensor, inside: Tensor | None = None) -> Features:
+        """The ``max_features`` of largest norm (above ``min_norm``; among ``inside`` where given) as numpy."""
+        if inside is not None:
+            d, xy, sc, norms = d[inside], xy[inside], sc[inside], norms[inside]
+        if len(norms) == 0:
+            return _empty(self.dim)
+        top = torch.topk(norms, min(self.max_features, len(norms)), sorted=True).indices
+        top = top[norms[top] > self.min_norm]
+        return d[top].float().cpu().numpy(), xy[top].float().cpu().numpy(), sc[top].float().cpu().numpy()
 
 
 def _empty(dim: int) -> Features:
@@ -135,21 +147,40 @@ def crop(image: Tensor, box: Sequence[float]) -> Tensor:
     return image[:, y0:y1, x0:x1]
 
 
+BOX_FEATURES = ("reextract", "select")
+
+
 def region_descriptors(extractor: LocalFeatureExtractor, image: Tensor,
-                       boxes: np.ndarray | Sequence[Sequence[float]] | None = None) -> list[np.ndarray]:
+                       boxes: np.ndarray | Sequence[Sequence[float]] | None = None,
+                       box_features: str = "reextract") -> list[np.ndarray]:
     """Descriptors of every region of one image: ``[whole image, box 1, ..., box N]`` (``N×4`` ``xyxy`` pixel boxes).
 
     Region 0 is always the whole image, also with no box (Sec. 4.2, ``Y^(n,1) = Y^(n)``; Sec. 5.2: "we add the
     original image as one of the selected regions"). The features of each box are re-extracted on its crop
     (:func:`crop`), as DELF's released code does, so they follow the extractor's own scales and top-``k`` per region
     ("maximum of 1000 features per region", Sec. 5.2). A crop too small for the extractor gives ``0×C``.
+
+    ``box_features="select"`` (an :class:`ActivationFeatures` option, no backbone pass per box): each box takes
+    the strongest of the whole image's multi-scale features whose centre lies inside it (at the whole image's
+    resolution, so a box holds fewer and coarser features than its re-extracted crop).
     """
     _check_image(image, "region_descriptors")
+    if box_features not in BOX_FEATURES:
+        raise ValueError(f"box_features={box_features!r}: choose one of {BOX_FEATURES}")
     b = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    out = [extractor(image)[0]]
-    out.extend(extractor(crop(image, box))[0] for box in b)
+    if box_features == "reextract":
+        return [extractor(image)[0]] + [extractor(crop(image, box))[0] for box in b]
+    if not isinstance(extractor, ActivationFeatures):
+        raise ValueError("box_features='select' picks the boxes' features among the whole image's: it needs "
+                         f"ActivationFeatures, got {type(extractor).__name__}")
+    dense = extractor.dense(image)
+    xy = dense[1]
+    out = [extractor.strongest(*dense)[0]]
+    for x0, y0, x1, y1 in torch.as_tensor(b, dtype=xy.dtype, device=xy.device):
+        inside = (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
+        out.append(extractor.strongest(*dense, inside=inside)[0])
     return out
 
 
-__all__ = ["DELF_SCALES", "ActivationFeatures", "Features", "LocalFeatureExtractor", "crop",
+__all__ = ["BOX_FEATURES", "DELF_SCALES", "ActivationFeatures", "Features", "LocalFeatureExtractor", "crop",
            "region_descriptors"]

@@ -37,7 +37,7 @@ from .boxes import rmac_boxes, select_boxes
 from ...data.provenance import LearnedSets, default_hasher
 from .codebook import Codebook, learn_codebook
 from .database import Database, check_variant, encode_image, encode_query, normalization, variant_name
-from .features import ActivationFeatures, crop, region_descriptors
+from .features import BOX_FEATURES, ActivationFeatures, crop, region_descriptors
 
 log = logging.getLogger(__name__)
 BOX_SOURCES = ("detector", "rmac", "none")
@@ -57,6 +57,7 @@ class Settings:
     normalize: str = "paper"             # paper | delf | gamma (where γ of eq. 1 applies, database.uses_gamma)
     scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
     max_features: int = 1000             # per region, the strongest activations by L2 norm
+    box_features: str = "reextract"      # reextract (on each box crop, DELF's code) | select (from the whole image)
     K: int = 1024                        # visual words
     dim: int = 128                       # PCA dimension of the local descriptors
     niter: int = 10                      # k-means iterations (the reference ASMK code's)
@@ -87,6 +88,8 @@ class Settings:
             bad.append("K, dim, niter, max_features, codebook_images, codebook_per_image must all be >= 1")
         if not self.scales or min(self.scales) <= 0:
             bad.append(f"scales={list(self.scales)} (positive factors)")
+        if self.box_features not in BOX_FEATURES:
+            bad.append(f"features.regions={self.box_features!r} (one of {BOX_FEATURES})")
         if bad:
             raise ValueError("method=d2r: bad setting(s): " + "; ".join(bad))
 
@@ -233,10 +236,10 @@ def encode_database(images: Iterable[tuple[int, torch.Tensor | None]], n: int, e
             boxes, scores = image_boxes(img, s, detector) if s.regional else (np.zeros((0, 4), np.float32),
                                                                              np.zeros(0, np.float32))
             enc.boxes[i], enc.scores[i] = boxes, scores
-            if whole is not None and i in whole:
+            if whole is not None and i in whole and s.box_features == "reextract":
                 regions = [whole[i]] + [codebook.project(extractor(crop(img, b))[0]) for b in boxes]
             else:
-                regions = [codebook.project(d) for d in region_descriptors(extractor, img, boxes)]
+                regions = [codebook.project(d) for d in region_descriptors(extractor, img, boxes, s.box_features)]
             if whole is not None:
                 whole[i] = regions[0]
         for k, a in variants:
@@ -318,6 +321,8 @@ def settings_from_method(m: Mapping[str, Any], seed: int = 0) -> Settings:
         kw["scales"] = tuple(float(v) for v in feats["scales"])
     if "max_features" in feats:
         kw["max_features"] = int(feats["max_features"])
+    if "regions" in feats:
+        kw["box_features"] = str(feats["regions"])
     for key, field_name in (("K", "K"), ("dim", "dim"), ("niter", "niter"), ("n_images", "codebook_images"),
                             ("per_image", "codebook_per_image")):
         if key in cb:
