@@ -63,6 +63,16 @@ def load_note(threads: int) -> str:
     return f"{cores} cores, torch threads {threads}, load average (1 min) before the run {load:.2f}{busy}"
 
 
+def write_json(path: str | None, report: dict) -> None:
+    """Write a benchmark's ``--json OUT`` table (nothing when ``path`` is None) and say where."""
+    if path:
+        import json
+
+        with open(path, "w") as fh:
+            json.dump(report, fh, indent=1)
+        print(f"wrote {path}")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-markdown table; cells are ``str()``-ed."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -19,14 +19,13 @@ the whole build (``s_per_query_one_at_a_time``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from _timing import set_threads
+from _timing import set_threads, write_json
 from lit_retrieval.methods.aml import AMLQuery, AMLSettings, WindowDescriptor, rerank_shortlist
 from lit_retrieval.methods.aml.rerank import rerank_queries
 from lit_retrieval.methods.aml.integral import Workspace
@@ -175,10 +174,7 @@ def main() -> None:
     target = report["s_per_query"]["2048x24x32"]
     print(f"\nN = {args.n} on 2048×24×32, {args.queries} queries: {target:.2f} s per query (target ≤ 1.0 s: "
           f"{'met' if target <= 1.0 else 'missed'}); same result as the torch reference: {report['same_result']}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ are: below 512 px nothing is resized), else the embedded benchmark's database (g
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import markdown_table, set_threads  # noqa: E402
+from _timing import markdown_table, set_threads, write_json  # noqa: E402
 
 from lit_retrieval.backbones import build_backbone  # noqa: E402
 from lit_retrieval.data.synthetic import build_embedded  # noqa: E402
@@ -86,10 +85,7 @@ def main() -> None:
           f"{len(base.scales)} scales {t_whole:.3f} s; target ≤ 0.4 s per image with selection: "
           f"{'met' if report['s_per_image'] <= 0.4 else 'missed'} ({report['s_per_image']:.3f} s; re-extraction "
           f"{report['s_per_image_before']:.3f} s)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":

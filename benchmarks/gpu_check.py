@@ -11,7 +11,6 @@ short-list, float32), so the script itself keeps working; its numbers are then C
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import markdown_table, set_threads  # noqa: E402
+from _timing import markdown_table, set_threads, write_json  # noqa: E402
 from aml_speed import synthetic_codes  # noqa: E402
 from local_similarity_speed import _Stub, unit_grids  # noqa: E402
 
@@ -126,13 +125,9 @@ def main() -> None:
             ["local similarity, 2048-D 15×15 / 7×7 grids", "float32", f"{ls['pairs_per_s']:.0f} pairs/s"]]
     print(markdown_table(["check", "dtype", f"result on {device.type}" + (f" ({name})" if gpu else "")], rows))
     print(f"\n{time.perf_counter() - t0:.0f} s in all" + ("" if gpu else "; no GPU: CPU numbers"))
-    if args.json:
-        out = {"gpu": name if gpu else None, "device": device.type, "extraction": ex, "aml": am,
-               "local_similarity": ls, "matmul_peak_flop_per_s": peak, "spec_peak_flop_per_s": spec,
-               "extraction_fraction_of_peak": ex["flop_per_s"] / bound}
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
-        print(f"wrote {args.json}")
+    write_json(args.json, {"gpu": name if gpu else None, "device": device.type, "extraction": ex, "aml": am,
+                            "local_similarity": ls, "matmul_peak_flop_per_s": peak, "spec_peak_flop_per_s": spec,
+                            "extraction_fraction_of_peak": ex["flop_per_s"] / bound})
 
 
 if __name__ == "__main__":

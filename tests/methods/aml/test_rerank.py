@@ -234,6 +234,7 @@ def test_eval_rmac_aml_qe_end_to_end(tiny, tiny_test, tmp_path):
     (["method=rmac", "rerank=aml", "rerank.root=nearest"], "choose exact"),
     (["method=rmac", "rerank=aml", "rerank.root=aml_c", "rerank.alpha=8"], "alpha=10"),
     (["method=rmac", "rerank=aml", "rerank.window_power=0"], "window_power"),
+    (["method=rmac", "rerank=aml", "rerank.backend=gpu"], "rerank.backend='gpu'"),
     (["method=rmac", "rerank=aml", "qe=aml", "qe.weighting=softmax"], "qe.weighting"),
     (["method=rmac", "rerank=aml", "qe=aml", "qe.weighting=alpha", "qe.alpha=0"], "qe.alpha must be > 0"),
 ])

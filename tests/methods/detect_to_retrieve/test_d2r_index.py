@@ -268,6 +268,11 @@ def test_selected_box_features_are_the_whole_images_inside_the_box():
     assert picked[3].shape == (0, 3)  # no feature centre in a 2×2-pixel box
     with pytest.raises(ValueError, match="box_features"):
         region_descriptors(ext, image, boxes, box_features="crop")
+    from lit_retrieval.methods.detect_to_retrieve.pipeline import settings_from_method
+
+    assert settings_from_method({"features": {"regions": "select"}}).box_features == "select"
+    with pytest.raises(ValueError, match="features.regions='crop'"):
+        settings_from_method({"features": {"regions": "crop"}})
 
 
 def test_activation_features_on_a_real_backbone():

@@ -139,6 +139,14 @@ class AMLQuery:
 Batch = tuple[list[int], np.ndarray, np.ndarray, np.ndarray]  # short-list positions, boxes, scores, descriptors
 
 
+def _pooled_descriptors(spec: WindowDescriptor, out: dict[str, np.ndarray]) -> np.ndarray:
+    """Window descriptors (before whitening) from the compiled pass's max-pooled regions, normalised and combined
+    exactly as :func:`window_descriptors` does."""
+    f = torch.from_numpy(out["pooled"])
+    valid = (torch.arange(f.shape[1])[None, :] < torch.from_numpy(out["count"])[:, None]).unsqueeze(2)
+    return spec.combine(spec.normalized(f), valid).numpy()
+
+
 def _dense(payload: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """A map from what a short-list loader returns: the map itself, or its stored 1-byte codes (decoded)."""
     m = np.asarray(payload)
@@ -188,9 +196,7 @@ def _compiled_batches(shape: tuple[int, int, int], members: list[int], load: Cal
         t = tick("load", t)
         out = compiled.localize_and_pool(payloads, shape, query.mac, query.ratio, aml, regions, workspace.compiled)
         t = tick("aml", t)
-        f = torch.from_numpy(out["pooled"])
-        valid = (torch.arange(f.shape[1])[None, :] < torch.from_numpy(out["count"])[:, None]).unsqueeze(2)
-        v = spec.combine(spec.normalized(f), valid).numpy()
+        v = _pooled_descriptors(spec, out)
         tick("describe", t)
         yield idx, out["boxes"], out["scores"].astype(np.float32), v
 
@@ -212,13 +218,11 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
     aml = aml or AMLSettings()
     aml.check()
     spec.check()
-    q_desc = query.descriptor
-    n, D = len(shapes), len(q_desc)
-    scores = np.full(n, -1.0, np.float32)
+    n, D = len(shapes), len(query.descriptor)
     aml_scores = np.full(n, -1.0, np.float32)
     boxes = np.full((n, 4), -1, np.int64)
     feature_hw = np.zeros((n, 2), np.int64)
-    desc = np.zeros((n, D), np.float32)
+    raw = np.zeros((n, D), np.float32)
     workspace = workspace or Workspace()
     timer = workspace.timer
     clock = time.perf_counter
@@ -235,14 +239,11 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
     batches = _compiled_batches if aml.backend == "compiled" else _torch_batches
     for (C, H, W), members in groups.items():
         for idx, loc_boxes, loc_scores, v in batches((C, H, W), members, load, query, spec, aml, workspace, tick):
-            t = clock()
-            desc[idx] = whiten(v) if whiten is not None else v
-            tick("describe", t)
-            boxes[idx], aml_scores[idx], feature_hw[idx] = loc_boxes, loc_scores, (H, W)
-    has = boxes[:, 0] >= 0
-    scores[has] = desc[has] @ q_desc
-    order = np.argsort(-scores, kind="stable")
-    return Reranked(order, scores, boxes, feature_hw, aml_scores, desc)
+            boxes[idx], aml_scores[idx], feature_hw[idx], raw[idx] = loc_boxes, loc_scores, (H, W), v
+    t = clock()
+    out = _finish_query(query.descriptor, boxes, aml_scores, feature_hw, raw, whiten)
+    tick("describe", t)
+    return out
 
 
 def _finish_query(q_desc: np.ndarray, boxes: np.ndarray, aml_scores: np.ndarray, feature_hw: np.ndarray,
@@ -275,7 +276,8 @@ def rerank_queries(shortlists: Sequence[np.ndarray], shape_of: Callable[[int], t
     union = np.unique(np.concatenate(shortlists)) if shortlists else np.zeros(0, np.int64)
     shapes = {int(i): shape_of(int(i)) for i in union}
     first = next((int(i) for i in union if shapes[int(i)] is not None), None)
-    if aml.backend != "compiled" or first is None or np.asarray(load(first)).ndim != 1:
+    codes_first = None if first is None or aml.backend != "compiled" else np.asarray(load(first))
+    if codes_first is None or codes_first.ndim != 1:  # the torch backend, or raw maps: query by query
         iterate = queries if progress is None else tqdm(queries, desc=progress, leave=False)
         return [rerank_shortlist([shapes[int(i)] for i in s], lambda j, s=s: load(int(s[j])), q, spec, aml, whiten,
                                  workspace) for s, q in zip(shortlists, iterate)]
@@ -307,24 +309,25 @@ def rerank_queries(shortlists: Sequence[np.ndarray], shape_of: Callable[[int], t
         lo = np.searchsorted(pair_db[in_group], members, "left")
         hi = np.searchsorted(pair_db[in_group], members, "right")
         budget = max(1, (64 << 20) // (4 * R * C))  # pooled regions of one batch: at most 64 MB
-        b0 = 0
-        while b0 < len(members):
-            b1 = b0 + 1
-            while b1 < len(members) and hi[b1] - lo[b0] <= budget:
-                b1 += 1
+        # batches of consecutive images holding at most `budget` pairs (at least one image each)
+        ends = np.cumsum(hi - lo)
+        cuts, start = [0], 0
+        while cuts[-1] < len(members):
+            nxt = max(cuts[-1] + 1, int(np.searchsorted(ends, start + budget, "right")))
+            cuts.append(min(nxt, len(members)))
+            start = int(ends[cuts[-1] - 1])
+        for b0, b1 in zip(cuts[:-1], cuts[1:]):
             sel = in_group[lo[b0]:hi[b1 - 1]]
             ptr = np.concatenate([[0], np.cumsum(hi[b0:b1] - lo[b0:b1])])
             t = clock()
-            codes = [load(i) for i in members[b0:b1]]
+            codes = [codes_first if i == first else load(i) for i in members[b0:b1]]
             timer["load"] = timer.get("load", 0.0) + clock() - t
             t = clock()
             out = compiled.localize_shared(codes, shape, [(q.mac, q.ratio) for q in queries], (ptr, pair_q[sel]), aml,
                                            regions, workspace.compiled)
             timer["aml"] = timer.get("aml", 0.0) + clock() - t
             t = clock()
-            f = torch.from_numpy(out["pooled"])
-            valid = (torch.arange(f.shape[1])[None, :] < torch.from_numpy(out["count"])[:, None]).unsqueeze(2)
-            v = spec.combine(spec.normalized(f), valid).numpy()
+            v = _pooled_descriptors(spec, out)
             qs, pos = pair_q[sel], pair_pos[sel]
             for qi in np.unique(qs).tolist():  # scattered back to each query's short-list order
                 m = qs == qi
@@ -333,7 +336,6 @@ def rerank_queries(shortlists: Sequence[np.ndarray], shape_of: Callable[[int], t
             timer["describe"] = timer.get("describe", 0.0) + clock() - t
             if bar is not None:
                 bar.update(b1 - b0)
-            b0 = b1
     if bar is not None:
         bar.close()
     t = clock()
