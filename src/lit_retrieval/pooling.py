@@ -69,16 +69,34 @@ def _shift_max(flat: Tensor, k: int, step: int) -> Tensor:
     return out
 
 
-def region_max(x: Tensor, boxes: np.ndarray | Tensor, chunk: int = 1024) -> Tensor:
+REGION_MAX_BACKENDS = ("auto", "compiled", "torch")
+
+
+def region_max(x: Tensor, boxes: np.ndarray | Tensor, chunk: int = 1024, backend: str = "auto") -> Tensor:
     """Max-pool every ``[y0, x0, h, w]`` box of a feature map: ``N×C×H×W, R×4 -> N×R×C``.
 
-    Separable sliding maxima computed as element-wise maxima of shifted views of the flattened ``H·W``
+    ``backend="auto"`` runs float32 CPU maps that need no gradient through the compiled kernel
+    (:mod:`~lit_retrieval.compiled_pooling`: each plane read once, planes in parallel), everything else
+    (autograd, GPU, other dtypes) through the torch code below; both give the same values.
+
+    The torch code: separable sliding maxima computed as element-wise maxima of shifted views of the flattened ``H·W``
     planes (long contiguous runs; CPU ``max_pool2d`` and short strided reductions are far slower): maxima of
     width ``w`` along the rows from doubling levels shared by every width, kept at the boxes' ``x0`` columns
     only, then maxima of height ``h`` down those columns, read at the boxes' ``y0``. Boxes are grouped by
     size (no loop over regions) and planes go ``chunk`` at a time so that intermediates stay in cache.
     """
     b = np.asarray(boxes.cpu() if isinstance(boxes, Tensor) else boxes, dtype=np.int64).reshape(-1, 4)
+    if backend not in REGION_MAX_BACKENDS:
+        raise ValueError(f"region_max backend={backend!r}: choose one of {REGION_MAX_BACKENDS}")
+    inference = not (torch.is_grad_enabled() and x.requires_grad)
+    if backend == "compiled" or (backend == "auto" and inference and x.device.type == "cpu"
+                                 and x.dtype == torch.float32 and len(b)):
+        if not (inference and x.device.type == "cpu" and x.dtype == torch.float32):
+            raise ValueError(f"region_max backend='compiled' takes float32 CPU maps without gradient, got "
+                             f"{x.dtype} on {x.device}{' requiring grad' if not inference else ''}: use 'auto'")
+        from .compiled_pooling import region_max_compiled  # numba: imported when used
+
+        return region_max_compiled(x, b)
     N, C, H, W = x.shape
     flat = x.reshape(N * C, H * W)
     order = np.lexsort((b[:, 3], b[:, 2]))  # grouped by size: each size fills a contiguous output range

@@ -48,4 +48,6 @@ def test_d2r_speed_json(tmp_path):
     _run(sys.executable, "benchmarks/d2r_speed.py", "--images", "2", "--json", str(tmp_path / "d2r.json"))
     res = json.loads((tmp_path / "d2r.json").read_text())
     assert res["images"] == 2 and 0 < res["s_per_image"] and 0 < res["s_per_image_before"]
-    assert set(res["stages_s_per_image"]) == {"detector", "whole_image_features"}
+    assert set(res["stages_s_per_image"]) == {"detector", "detector_trunk", "whole_image_features",
+                                              "box_crops_one_at_a_time", "box_crops_batched_per_scale"}
+    assert 0 < res["stages_s_per_image"]["detector_trunk"] < res["stages_s_per_image"]["detector"]

@@ -33,9 +33,30 @@ def test_region_max_equals_slicing():
     x = _maps(h=17, w=23)
     boxes = np.array([[0, 0, 17, 23], [2, 3, 5, 5], [10, 1, 7, 4], [0, 20, 3, 3], [4, 4, 5, 5], [16, 22, 1, 1],
                       [1, 2, 3, 5], [9, 0, 8, 5]])  # equal widths with other heights share their row maxima
-    out = pooling.region_max(x, boxes)
-    for r, (y, x0, h, w) in enumerate(boxes):
-        torch.testing.assert_close(out[:, r], x[:, :, y:y + h, x0:x0 + w].amax(dim=(-2, -1)))
+    for backend in ("auto", "compiled", "torch"):
+        out = pooling.region_max(x, boxes, backend=backend)
+        for r, (y, x0, h, w) in enumerate(boxes):
+            torch.testing.assert_close(out[:, r], x[:, :, y:y + h, x0:x0 + w].amax(dim=(-2, -1)), rtol=0, atol=0)
+
+
+def test_region_max_compiled_equals_torch_and_keeps_nan():
+    x = torch.randn(3, 40, 24, 32, generator=torch.Generator().manual_seed(1))
+    x[1, 5, 7, 9] = float("nan")  # a NaN in a region gives NaN on both paths, as torch.maximum does
+    boxes = np.concatenate([[[0, 0, 24, 32]], rmac_grid(24, 32, 4)])
+    compiled, ref = pooling.region_max(x, boxes, backend="compiled"), pooling.region_max(x, boxes, backend="torch")
+    torch.testing.assert_close(compiled, ref, rtol=0, atol=0, equal_nan=True)
+    assert compiled[1, :, 5].isnan().any() and not compiled[0].isnan().any()
+    # autograd goes through the torch code, with the same values
+    xg = x.clone().requires_grad_(True)
+    out = pooling.region_max(xg, boxes)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), ref, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="leave the 24×32 map"):
+        pooling.region_max(x, [[20, 0, 5, 4]], backend="compiled")
+    with pytest.raises(ValueError, match="without gradient"):
+        pooling.region_max(xg, boxes, backend="compiled")
+    with pytest.raises(ValueError, match="choose one of"):
+        pooling.region_max(x, boxes, backend="numba")
 
 
 def test_rmac_kimyoon_uses_pixel_grid_at_stride():
