@@ -36,6 +36,7 @@ bench: venv
 	-$(PY) benchmarks/aml_speed.py --queries 2
 	-$(PY) benchmarks/local_similarity_speed.py
 	-$(PY) benchmarks/d2r_speed.py
+	-$(PY) benchmarks/scale.py --n 200000
 	-bash benchmarks/gpu_check.sh
 
 clean-cache:

@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> float:
 
     with reported_errors("eval.py"):
         results = run_eval(cfg, HydraConfig.get().runtime.output_dir)
-    return next(iter(results["map"].values()))
+    return next(iter(results["map"].values()), float("nan"))  # (empty on the ranks > 0 of trainer=ddp)
 
 
 if __name__ == "__main__":

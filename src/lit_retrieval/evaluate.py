@@ -28,6 +28,7 @@ from .checkpoint import training_content
 from .options import check_eval_options
 from .metrics import (REVISITED_PROTOCOLS, compare, evaluate_ranks, format_ci, format_diff, revisited_protocol,
                       uncertainty)
+from .retrieval import distributed
 from .retrieval.interface import PictureContext, Rankings, Retriever, build_retriever
 from .viz import pr_curve, save_pr_curves, save_topk_grid
 
@@ -142,6 +143,16 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     check_eval_options(cfg)
     retriever = build_retriever(str(cfg.method.name))
     retriever.check(cfg)  # the method's own settings, before any work
+    engine = distributed.from_cfg(cfg)  # trainer=ddp: every extraction of the run sharded over the ranks
+    distributed.activate(engine)
+    try:
+        return _run_eval(cfg, out_dir, retriever, engine)
+    finally:
+        distributed.activate(None)
+
+
+def _run_eval(cfg: DictConfig, out_dir: Path, retriever: Retriever,
+              engine: distributed.DistributedExtraction | None) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
@@ -151,6 +162,8 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     backbone = build_backbone(cfg.backbone.name, weights=str(cfg.backbone.weights))
     backbone.to(cfg.device)
     run = retriever.rank(cfg, dataset, backbone, learned, out_dir, t0)
+    if engine is not None and not engine.is_global_zero:  # rank 0 alone evaluates and writes the run's outputs
+        return {"map": {}, "rank": engine.global_rank}
     stages, db_skipped, q_skipped = run.stages, run.db_skipped, run.q_skipped
 
     ranks_db_nq = run.ranks.T  # revisitop layout: db × nq
@@ -175,6 +188,8 @@ def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                            "query": [str(dataset.query_paths[i]) for i in q_skipped],
                            "count": len(db_skipped) + len(q_skipped)},
         "time_s": {"extract": round(run.time_s["extract"], 3), "search_qe": round(run.time_s["search_qe"], 4)},
+        "extraction": {"processes": 1 if engine is None else engine.world_size,
+                       "store_dtype": str((cfg.get("store") or {}).get("dtype", "float32"))},
         **run.info,  # the method's own sections (Rankings.info)
     }
     results["learned"] = learned.records

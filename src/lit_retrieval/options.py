@@ -104,3 +104,38 @@ def check_eval_options(cfg: DictConfig) -> None:
     if cfg.cache.enabled and Path(str(cfg.cache.dir)).exists() and not Path(str(cfg.cache.dir)).is_dir():
         raise OptionError("cache.dir", str(cfg.cache.dir), "is a file, not a folder",
                           "point cache.dir at a folder (or remove the file), or pass cache.enabled=false")
+    check_store_and_trainer(cfg)
+
+
+#: the methods whose extraction goes through the descriptor store, which trainer=ddp shards over the ranks
+DISTRIBUTED_METHODS_HINT = "a global-descriptor method (mac, spoc, gem, crow, rmac, regional_attention)"
+
+
+def check_store_and_trainer(cfg: DictConfig) -> None:
+    """``store.*`` and ``trainer=ddp``: a store dtype and chunk size it can write; a distributed run needs the
+    shared store (the cache) and a method whose extraction it shards."""
+    from .retrieval.store import STORE_DTYPES
+
+    store = cfg.get("store") or {}
+    if str(store.get("dtype", "float32")) not in STORE_DTYPES:
+        raise OptionError("store.dtype", store.get("dtype"), "not a store dtype",
+                          f"pass one of {'|'.join(STORE_DTYPES)} (float16 halves the descriptor files)")
+    size = store.get("chunk_size", 64)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise OptionError("store.chunk_size", size, "expected a positive number of images per chunk file",
+                          "pass store.chunk_size=64 (or 1024 for a million images: fewer, larger files)")
+    trainer = cfg.get("trainer")
+    if trainer is None:
+        return
+    if not cfg.cache.enabled:
+        raise OptionError("cache.enabled", False, "trainer=ddp writes each rank's descriptors to the shared "
+                          "descriptor store", "pass cache.enabled=true, with cache.dir on a disk every rank sees")
+    from .retrieval.methods import METHODS
+
+    name = str(cfg.method.name)
+    if name not in METHODS:  # the descriptor registry: described through the store, by the global retriever
+        raise OptionError("trainer", "ddp", f"method={name} extracts its own features in one process",
+                          f"drop trainer=ddp, or use {DISTRIBUTED_METHODS_HINT}")
+    if str(cfg.rerank.kind) != "none":
+        raise OptionError("rerank.kind", str(cfg.rerank.kind), "the AML activation store is extracted in one "
+                          "process, not sharded by trainer=ddp", "drop trainer=ddp for rerank=aml runs")

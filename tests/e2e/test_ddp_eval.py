@@ -46,3 +46,61 @@ def test_ddp_retrieval_metrics_equal_single_process(tmp_path, tiny):
     assert {k.split("/")[2] for k in keys} == {"regional_attention", "rmac_uniform", "gem"}
     for k in keys:
         assert two[k] == pytest.approx(one[k], abs=1e-6), k
+
+
+def _eval(tmp_path, tiny, name: str, cache: str, *extra: str) -> dict:
+    """``eval.py`` on ``tiny`` in a subprocess, one torch thread per process (so that one process and each rank
+    compute with the same thread count: the convolutions' sums then run in the same order)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / name
+    cmd = [sys.executable, str(root / "eval.py"), "method=gem", "dataset=revisited", f"dataset.root={tiny}",
+           "dataset.name=tiny", "backbone=efficientnet_lite0", "image_size=128", "store.chunk_size=2",
+           f"cache.dir={tmp_path / cache}", f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs",
+           f"hydra.run.dir={run}", "plots.enabled=false", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads((run / "results.json").read_text())
+
+
+def _chunks(folder):
+    return {f"{d.name}/{f.name}": f for d in sorted(folder.iterdir()) for f in sorted(d.glob("chunk_*.npy"))}
+
+
+def test_eval_trainer_ddp_equals_one_process_and_resumes_per_chunk(tmp_path, tiny):
+    one = _eval(tmp_path, tiny, "one", "cache_one")
+    ddp_args = ("trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+    two = _eval(tmp_path, tiny, "two", "cache_two", *ddp_args)
+    assert two["map"] == one["map"] and two["map_ci95"] == one["map_ci95"]
+    assert (one["extraction"]["processes"], two["extraction"]["processes"]) == (1, 2)
+    a, b = _chunks(tmp_path / "cache_one"), _chunks(tmp_path / "cache_two")
+    assert len(a) >= 6 and a.keys() == b.keys()  # the same entries (same keys), chunk for chunk
+    assert all(a[k].read_bytes() == b[k].read_bytes() for k in a)  # identical descriptor files
+    assert (tmp_path / "two" / "train_ddp_process_1.log").exists()  # rank 1 ran, in the same run folder
+    # an interrupted run: two chunks gone (one of each rank); the rerun recomputes only those
+    db = sorted(k for k in b if k.endswith(("chunk_000000.npy", "chunk_000001.npy")))[-2:]
+    kept = {k: f.stat().st_mtime_ns for k, f in b.items() if k not in db}
+    for k in db:
+        b[k].unlink()
+    again = _eval(tmp_path, tiny, "again", "cache_two", *ddp_args)
+    assert again["map"] == one["map"]
+    after = _chunks(tmp_path / "cache_two")
+    assert {k: after[k].stat().st_mtime_ns for k in kept} == kept
+    assert all(after[k].read_bytes() == a[k].read_bytes() for k in db)
+
+
+def test_eval_trainer_ddp_refuses_what_it_cannot_shard(tmp_path):
+    from conftest import eval_cfg
+    from lit_retrieval.options import OptionError, check_eval_options
+
+    with pytest.raises(OptionError, match="cache.enabled=true"):
+        check_eval_options(eval_cfg(tmp_path, "trainer=ddp", "cache.enabled=false"))
+    with pytest.raises(OptionError, match="method=d2r extracts its own features"):
+        check_eval_options(eval_cfg(tmp_path, "trainer=ddp", "method=d2r"))
+    with pytest.raises(OptionError, match="store.dtype"):
+        check_eval_options(eval_cfg(tmp_path, "store.dtype=int8"))

@@ -72,7 +72,7 @@ def test_eval_gem_matches_independent_implementation(tiny, tmp_path):
 def test_eval_whitening_qe_and_cache_reuse(tiny, tmp_path):
     base = ["dataset=revisited", f"dataset.root={tiny}", "dataset.name=tiny", "image_size=192", "plots.enabled=false"]
     def tiny_chunks() -> int:  # cached descriptor chunks of the evaluated dataset
-        return sum(len(list(k.parent.glob("chunk_*.npz"))) for k in (tmp_path / ".cache" / "descriptors").rglob(
+        return sum(len(list(k.parent.glob("chunk_*.npy"))) for k in (tmp_path / ".cache" / "descriptors").rglob(
             "key.json") if json.loads(k.read_text())["dataset"] == "tiny")
 
     r1 = run_eval(eval_cfg(tmp_path, "method=mac", *base), tmp_path / "a")

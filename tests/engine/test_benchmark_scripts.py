@@ -51,3 +51,17 @@ def test_d2r_speed_json(tmp_path):
     assert set(res["stages_s_per_image"]) == {"detector", "detector_trunk", "whole_image_features",
                                               "box_crops_one_at_a_time", "box_crops_batched_per_scale"}
     assert 0 < res["stages_s_per_image"]["detector_trunk"] < res["stages_s_per_image"]["detector"]
+
+
+def test_scale_json(tmp_path):
+    _run(sys.executable, "benchmarks/scale.py", "--n", "3000", "--queries", "4", "--train", "2000", "--nlist", "16",
+         "--extract-images", "1", "--dir", str(tmp_path / "work"), "--json", str(tmp_path / "scale.json"))
+    res = json.loads((tmp_path / "scale.json").read_text())
+    assert [(r["dim"], r["dtype"]) for r in res["stores"]] == [(512, "float32"), (512, "float16"), (2048, "float16")]
+    f32, f16 = res["stores"][0], res["stores"][1]
+    assert f16["bytes_per_image"] < 0.55 * f32["bytes_per_image"]
+    assert 0 <= res["ivfpq"]["recall_at_100_vs_exact"] <= 1 and res["ivfpq"]["nlist"] == 16
+    assert res["d2r_inverted_file"]["images"] == 3000 and res["d2r_inverted_file"]["bytes_per_image"] > 0
+    assert res["extraction"]["measured_on"] in ("cpu", "gpu")
+    assert set(res["extraction"]["r1m_hours"]) == {"1", "8", "64"}
+    assert not (tmp_path / "work" / "3000").exists()  # the simulated stores are removed

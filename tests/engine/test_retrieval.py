@@ -76,7 +76,7 @@ def test_extract_cache_resumes_and_keys(tmp_path, images, monkeypatch):
     assert f.calls == 7  # everything from the cache
     np.testing.assert_array_equal(d1, d2)
     # an interrupted run: drop the last chunk, only its images are recomputed
-    (cache.dir / "chunk_000001.npz").unlink()
+    (cache.dir / "chunk_000001.npy").unlink()
     d3, _ = extract(items, f, lambda x: x, Loading(64, progress=False), cache=cache)
     assert f.calls == 10
     np.testing.assert_array_equal(d1, d3)
@@ -84,14 +84,14 @@ def test_extract_cache_resumes_and_keys(tmp_path, images, monkeypatch):
     other = DescriptorCache(tmp_path / "cache", {"k": 2}, chunk_size=3)
     assert other.dir != cache.dir and other.load(0) is None
     # a crash mid-extraction leaves only complete chunks behind
-    (cache.dir / "chunk_000002.npz").unlink()
+    (cache.dir / "chunk_000002.npy").unlink()
 
     def boom(x):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         extract(items, boom, lambda x: x, Loading(64, progress=False), cache=cache)
-    assert sorted(p.name for p in cache.dir.glob("*.npz")) == ["chunk_000000.npz", "chunk_000001.npz"]
+    assert sorted(p.name for p in cache.dir.glob("*.np*")) == ["chunk_000000.npy", "chunk_000001.npy"]
 
 
 def test_extract_skip_bad_images(tmp_path, images, caplog):
@@ -127,9 +127,9 @@ def test_describe_multiscale_gem_power():
 def test_descriptor_cache_treats_a_truncated_chunk_as_absent(tmp_path):
     cache = DescriptorCache(tmp_path, {"k": 1})
     cache.save(0, np.ones((2, 3), np.float32), np.zeros(2, bool))
-    path = cache.dir / "chunk_000000.npz"
+    path = cache.dir / "chunk_000000.npy"
     assert cache.load(0) is not None
-    path.write_bytes(path.read_bytes()[:40])  # a zip cut short: zipfile.BadZipFile, not OSError
+    path.write_bytes(path.read_bytes()[:40])  # an .npy cut short: its header promises more rows
     assert cache.load(0) is None
 
 

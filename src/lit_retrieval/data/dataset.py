@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -35,6 +35,8 @@ class RetrievalDataset:
         object_boxes: per database image index, the ``[x1, y1, x2, y2]`` boxes (stored-image pixels, exclusive
             ends) of the objects a cut-and-paste benchmark pasted there (query objects and distractor objects);
             empty for real datasets, which do not record them.
+        distractors: where the distractor images appended to the database start (``dataset.distractors``), their
+            set's name and folder; ``None`` without distractors.
     """
 
     name: str
@@ -47,6 +49,7 @@ class RetrievalDataset:
     skipped: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     object_boxes: dict[int, list[list[float]]] = field(default_factory=dict)
+    distractors: Any = None  # data.distractors.Distractors: the database's tail of distractor images, or None
 
     def __post_init__(self) -> None:
         if len(self.query_paths) != len(self.gnd):

@@ -29,6 +29,19 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = ...) -> Any:
 
 
 def load_dataset(cfg: Mapping[str, Any]) -> RetrievalDataset:
+    """The dataset of ``cfg``, with its distractors appended to the database (``distractors``, revisited
+    protocol only: :mod:`.distractors`)."""
+    from .distractors import add_distractors
+
+    dataset = _load(cfg)
+    if cfg.get("distractors") not in (None, "none") and dataset.protocol != "revisited":
+        raise DataError(f"dataset.distractors={cfg.get('distractors')} extends revisited benchmarks (ROxford5k, "
+                        f"RParis6k and the embedded ones), not {dataset.name!r} ({dataset.protocol} protocol)",
+                        dataset.root, "drop dataset.distractors, or use a revisited dataset")
+    return add_distractors(dataset, cfg)
+
+
+def _load(cfg: Mapping[str, Any]) -> RetrievalDataset:
     kind = cfg.get("kind")
     if kind == "revisited":
         return load_revisited(_get(cfg, "root"), _get(cfg, "name"), ext=_get(cfg, "ext", ".jpg"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.images import safe_load
 from .cache import DescriptorCache
+from .store import DescriptorStore
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Loading:
     exif_transpose: bool = False
     device: str | torch.device = "cpu"
     progress: bool = True
+    engine: Any = None  # a distributed.DistributedExtraction (eval.py trainer=ddp), None: one process
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class _ImageList(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
+        if self.indices[i] < 0:  # a placeholder: a rank of trainer=ddp with nothing to describe still takes part
+            return -1, None
         item = self.items[self.indices[i]]
         img = safe_load(item.path, self.image_size, item.bbx, exif_transpose=self.exif, skip_bad=self.skip_bad)
         return self.indices[i], img
@@ -98,66 +102,144 @@ def describe_multiscale(describe: Describe, image: torch.Tensor, scales: Sequenc
     return v / (v.norm(dim=-1, keepdim=True) + 1e-6)
 
 
+def describe_image(describe: Describe, normalize: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                   device: str | torch.device, scales: Sequence[float] = (1.0,), power: float = 1.0) -> np.ndarray:
+    """One ``3×H×W`` [0, 1] image -> its float32 descriptor (normalised, described at every scale)."""
+    x = normalize(image.unsqueeze(0).to(device))
+    return describe_multiscale(describe, x, scales, power)[0].float().cpu().numpy()
+
+
+class _Chunks:
+    """Descriptors arriving one image at a time, assembled into the cache's chunks: each chunk is written as soon
+    as its last image is in (and dropped from memory), or kept in memory when there is no cache or it cannot be
+    written."""
+
+    def __init__(self, ranges: list[range], todo: Sequence[int], cache: DescriptorCache | None,
+                 dim: int | None) -> None:
+        self.ranges, self.cache, self.dim = ranges, cache, dim
+        self.chunk_of = {i: c for c in todo for i in ranges[c]}
+        self.pending: dict[int, tuple[np.ndarray | None, bool]] = {}
+        self.memory: dict[int, np.ndarray] = {}
+        self.skipped: dict[int, np.ndarray] = {}
+        self.open = set(todo)
+
+    def add(self, idx: int, v: np.ndarray | None) -> None:
+        self.pending[idx] = (v, v is None)
+        if v is not None:
+            self.dim = int(v.shape[0])
+        c = self.chunk_of[idx]
+        if self.dim is not None and all(i in self.pending for i in self.ranges[c]):
+            self._close(c)
+
+    def _close(self, c: int) -> None:
+        desc, skipped = _assemble(self.ranges[c], self.pending, self.dim)
+        for i in self.ranges[c]:
+            self.pending.pop(i)
+        self.skipped[c] = skipped
+        if self.cache is None or not self.cache.save(c, desc, skipped):
+            dtype = self.cache.dtype if self.cache is not None else np.float32
+            self.memory[c] = desc.astype(dtype, copy=False)
+        self.open.discard(c)
+
+    def finish(self) -> None:
+        """Close the chunks made entirely of unreadable images (their width known only now)."""
+        for c in sorted(self.open):
+            if all(i in self.pending for i in self.ranges[c]):
+                self._close(c)
+
+
+def extract_store(items: Sequence[ImageItem], describe: Describe, normalize: Callable[[torch.Tensor], torch.Tensor],
+                  loading: Loading, scales: Sequence[float] = (1.0,), power: float = 1.0,
+                  cache: DescriptorCache | None = None, desc: str = "extract") -> tuple[DescriptorStore, list[int]]:
+    """Descriptors of ``items`` as a :class:`~.store.DescriptorStore` (``N×D``; on disk with a ``cache``, read
+    block by block) and the indices of the images skipped as unreadable.
+
+    Skipped images (only with ``loading.skip_bad``; each is logged) get a zero descriptor. With a ``cache``,
+    chunks already on disk are reused and only the missing ones are computed, each saved as it completes. With
+    ``loading.engine`` (``eval.py trainer=ddp``: :mod:`.distributed`), the chunks are dealt out over the ranks and
+    each rank describes its own with Lightning's predict loop; every rank then reads the whole store.
+    """
+    engine = loading.engine
+    n = len(items)
+    if n == 0:
+        return DescriptorStore([], [], 0), []
+    ranges = cache.chunks(n) if cache is not None else [range(0, n)]
+    if engine is not None and cache is None:
+        raise ValueError("trainer=ddp writes each rank's descriptors to the shared descriptor store: it needs "
+                         "cache.enabled=true (and cache.dir on a disk every rank sees)")
+    if engine is not None:
+        engine.barrier()  # every rank sees the same store (none writes before all have looked)
+    have = _on_disk(cache, ranges, desc)
+    todo = [c for c in range(len(ranges)) if c not in have]
+    dim = next(iter(have.values()))[0][1] if have else None
+    chunks = _Chunks(ranges, todo, cache, dim)
+
+    def describe_one(img: torch.Tensor, device: str | torch.device) -> np.ndarray:
+        return describe_image(describe, normalize, img, device, scales, power)
+
+    if todo:
+        mine = [c for c in todo if engine is None or engine.owns(c)]
+        indices = [i for c in mine for i in ranges[c]]
+        if engine is None and have:
+            log.info("%s: %d of %d images cached, extracting the rest", desc, n - len(indices), n)
+        loader = image_loader(items, indices or ([-1] if engine is not None else []), loading.image_size,
+                              loading.num_workers, loading.skip_bad, loading.exif_transpose)
+        if engine is not None:
+            module = describe if isinstance(describe, torch.nn.Module) else torch.nn.Module()
+            engine.describe(module, loader, describe_one, chunks.add)
+        else:
+            with torch.inference_mode():
+                for idx, img in tqdm(loader, total=len(indices), desc=desc, disable=not loading.progress,
+                                     leave=False):
+                    chunks.add(idx, None if img is None else describe_one(img, loading.device))
+        chunks.finish()
+        if engine is not None:  # the other ranks' chunks, written in this run (a skip among them is theirs)
+            engine.barrier()
+            got = _on_disk(cache, ranges, desc, accept_skipped=True)
+            missing = [c for c in range(len(ranges)) if c not in got and c not in chunks.memory]
+            if missing:
+                raise RuntimeError(f"{desc}: {len(missing)} chunks of the descriptor store were not written by "
+                                   f"their rank (first: {cache.chunk_path(missing[0])}): check that cache.dir="
+                                   f"{cache.dir.parent} is writable and shared by every rank, then rerun (the "
+                                   "chunks on disk are kept)")
+            have = got
+    dim = chunks.dim if chunks.dim is not None else next(iter(have.values()))[0][1]
+    skipped = np.concatenate([have[c][1] if c in have else chunks.skipped[c] for c in range(len(ranges))])
+    if cache is None:
+        return (DescriptorStore([chunks.memory[0]], [n], dim, "float32", skipped),
+                np.flatnonzero(skipped).tolist())
+    return cache.store(ranges, dim, skipped, chunks.memory), np.flatnonzero(skipped).tolist()
+
+
+def _on_disk(cache: DescriptorCache | None, ranges: list[range], desc: str,
+             accept_skipped: bool = False) -> dict[int, tuple[tuple[int, ...], np.ndarray]]:
+    """The chunks already in the cache (``(shape, skipped mask)``) of the right length, all of one width (a chunk
+    of another width is damaged or foreign: recomputed, never mixed in)."""
+    if cache is None:
+        return {}
+    have = {}
+    for c in range(len(ranges)):
+        got = cache.peek(c, accept_skipped)
+        if got is not None and got[0][0] == len(ranges[c]):
+            have[c] = got
+    widths = [shape[1] for shape, _ in have.values()]
+    if len(set(widths)) > 1:
+        width = max(set(widths), key=widths.count)
+        for c in [c for c, (shape, _) in have.items() if shape[1] != width]:
+            log.warning("%s: cached chunk %s has descriptors of width %d, not %d: ignored and recomputed",
+                        desc, cache.chunk_path(c), have[c][0][1], width)
+            del have[c]
+    return have
+
+
 def extract(items: Sequence[ImageItem], describe: Describe, normalize: Callable[[torch.Tensor], torch.Tensor],
             loading: Loading, scales: Sequence[float] = (1.0,), power: float = 1.0,
             cache: DescriptorCache | None = None, desc: str = "extract") -> tuple[np.ndarray, list[int]]:
-    """Descriptors (``N×D`` float32) of ``items`` and the indices of images skipped as unreadable.
-
-    Skipped images (only with ``loading.skip_bad``; each is logged) get a zero descriptor. With a ``cache``,
-    chunks already on disk are loaded and only the missing ones are computed and saved as they complete.
-    """
-    device, progress = loading.device, loading.progress
-    n = len(items)
-    ranges = cache.chunks(n) if cache is not None else [range(0, n)]
-    done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    if cache is not None:
-        for c in range(len(ranges)):
-            got = cache.load(c)
-            if got is not None and got[0].ndim == 2 and len(got[0]) == len(ranges[c]):
-                done[c] = got
-        widths = [d[0].shape[1] for d in done.values()]
-        if len(set(widths)) > 1:  # a chunk of another width is damaged or foreign: recomputed, never mixed in
-            width = max(set(widths), key=widths.count)
-            for c in [c for c, d in done.items() if d[0].shape[1] != width]:
-                log.warning("%s: cached chunk %s has descriptors of width %d, not %d: ignored and recomputed",
-                            desc, cache.chunk_path(c), done[c][0].shape[1], width)
-                del done[c]
-    todo = [c for c in range(len(ranges)) if c not in done]
-    indices = [i for c in todo for i in ranges[c]]
-    if indices:
-        if done:
-            log.info("%s: %d of %d images cached, extracting the rest", desc, n - len(indices), n)
-        loader = image_loader(items, indices, loading.image_size, loading.num_workers, loading.skip_bad,
-                              loading.exif_transpose)
-        pending: dict[int, tuple[np.ndarray | None, bool]] = {}
-        chunk_of = {i: c for c in todo for i in ranges[c]}
-        dim = None
-        with torch.inference_mode():
-            for idx, img in tqdm(loader, total=len(indices), desc=desc, disable=not progress, leave=False):
-                if img is None:
-                    pending[idx] = (None, True)
-                else:
-                    x = normalize(img.unsqueeze(0).to(device))
-                    v = describe_multiscale(describe, x, scales, power)[0].float().cpu().numpy()
-                    dim = v.shape[0]
-                    pending[idx] = (v, False)
-                c = chunk_of[idx]
-                if all(i in pending for i in ranges[c]) and (dim is not None or c in done):
-                    done[c] = _assemble(ranges[c], pending, dim)
-                    if cache is not None:
-                        cache.save(c, *done[c])
-                    for i in ranges[c]:
-                        pending.pop(i)
-        if pending:  # only chunks made entirely of skipped images remain
-            dim = dim or next(iter(done.values()))[0].shape[1]
-            for c in todo:
-                if c not in done:
-                    done[c] = _assemble(ranges[c], pending, dim)
-    if not done:
+    """:func:`extract_store` read into memory: ``(N×D float32 descriptors, skipped indices)``."""
+    store, skipped = extract_store(items, describe, normalize, loading, scales, power, cache, desc)
+    if len(store) == 0:
         return np.zeros((0, 0), np.float32), []
-    desc_all = np.concatenate([done[c][0] for c in range(len(ranges))])
-    skipped = np.concatenate([done[c][1] for c in range(len(ranges))])
-    return desc_all, np.flatnonzero(skipped).tolist()
+    return np.asarray(store), skipped
 
 
 def _assemble(r: range, pending: dict, dim: int | None) -> tuple[np.ndarray, np.ndarray]:

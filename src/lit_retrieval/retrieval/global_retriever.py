@@ -16,10 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from ..backbones import Backbone
 from ..data import RetrievalDataset, load_dataset, whitening_pairs
 from ..data.provenance import LearnedSets, is_transductive
-from . import build_method, search
+from . import build_method
 from .extractor import DescriptorExtractor
 from .interface import PictureContext, Rankings, Reranker, check_stages, rerank
+from .index import ANNIndex, IndexSettings, build_index, measure_recall
 from .qe import DescriptorIndex, QueryExpansion
+from .store import DescriptorStore
 from ..whitening import Whitening
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,31 @@ def whitening_set(cfg: DictConfig, learned: LearnedSets) -> tuple[RetrievalDatas
                                                    parts=("db",) if wcfg.kind == "pca" else ("db", "query"))}
 
 
+TRANSDUCTIVE_TRAIN_ROWS = 100_000  # database rows an ivfpq index asked to learn on the evaluated database samples
+
+
+def index_training_set(cfg: DictConfig, settings: IndexSettings,
+                       learned: LearnedSets) -> RetrievalDataset | str | None:
+    """The dataset ``search.index=ivfpq`` learns its quantizers on (``search.train.dataset``), checked by content
+    against the evaluated images before any descriptor is extracted; ``"transductive"`` when the user asks for the
+    evaluated database itself (``search.train.dataset.kind=transductive``: recorded, and warned); ``None`` for
+    flat / hnsw (nothing learned)."""
+    settings.check()
+    if settings.index != "ivfpq":
+        return None
+    source = OmegaConf.select(cfg, "search.train.dataset")
+    if source is None:
+        raise ValueError("search.index=ivfpq learns its coarse quantizer and product codes on search.train.dataset, "
+                         "another dataset's database: set it (e.g. search.train.dataset='{kind: revisited, root: "
+                         "data, name: rparis6k}' when evaluating ROxford5k)")
+    if is_transductive(source):
+        learned.transductive("search_index", "search.train.dataset")
+        return "transductive"
+    tdata = load_dataset(source)
+    learned.check_dataset("search_index", tdata, "search.train.dataset")
+    return tdata
+
+
 def learn_whitening(cfg: DictConfig, db_desc: np.ndarray, extractor: DescriptorExtractor,
                     wdata: RetrievalDataset | None) -> Whitening | None:
     """Learn PCA (database descriptors) or Lw (query/positive pairs) whitening on ``wdata`` (from
@@ -51,7 +78,7 @@ def learn_whitening(cfg: DictConfig, db_desc: np.ndarray, extractor: DescriptorE
         return None
     if wdata is None:
         log.info("learning %s whitening on the evaluated database (%d images: transductive)", wcfg.kind, len(db_desc))
-        return Whitening.learn(db_desc, "pca", dims=wcfg.dims)
+        return Whitening.learn(np.asarray(db_desc), "pca", dims=wcfg.dims)
     X, _ = extractor(wdata, "db")
     if wcfg.kind == "pca":
         log.info("learning PCA whitening on %s (%d images)", wdata.name, len(X))
@@ -78,11 +105,12 @@ class GlobalIndex:
 
     method: torch.nn.Module
     extractor: DescriptorExtractor
-    database: np.ndarray
+    database: DescriptorStore
     white: Whitening | None
     whitening: dict[str, Any]
     db_skipped: list[int]
     seconds: float
+    ann: ANNIndex | None = None
 
 
 class GlobalRetriever:
@@ -114,14 +142,23 @@ class GlobalRetriever:
         method = build_method(self.name, backbone, **self.method_params(cfg, backbone, learned)).to(cfg.device).eval()
         check_method_learned(method, learned, bool(cfg.get("allow_overlap", False)))
         wdata, whitening = whitening_set(cfg, learned)  # checked before any work
+        settings = IndexSettings.from_cfg(cfg)
+        tdata = index_training_set(cfg, settings, learned)  # checked before any work
         extractor = DescriptorExtractor(cfg, backbone, method)
-        db, db_skipped = extractor(dataset, "db")
+        db, db_skipped = extractor.store(dataset, "db")  # on disk with the cache: read block by block
         white = learn_whitening(cfg, db, extractor, wdata)
         if white is not None:
             white.save(out_dir / "whitening.npz")
-            db = white(db)
-            db[db_skipped] = 0  # unreadable images stay zero (they rank by similarity 0)
-        return GlobalIndex(method, extractor, db, white, whitening, db_skipped, time.perf_counter() - t0)
+            db = db.map(white)  # applied as blocks are read; unreadable images stay zero (similarity 0)
+        train = None
+        if tdata == "transductive":  # asked for: a sample of the evaluated database itself
+            rows = np.random.default_rng(int(cfg.seed)).permutation(len(db))[:TRANSDUCTIVE_TRAIN_ROWS]
+            train = db[np.sort(rows)]
+        elif tdata is not None:  # the index's training vectors, described and whitened as the database
+            train, _ = extractor(tdata, "db")
+            train = white(train) if white is not None else train
+        ann = build_index(settings, db, train)
+        return GlobalIndex(method, extractor, db, white, whitening, db_skipped, time.perf_counter() - t0, ann)
 
     def search(self, cfg: DictConfig, index: GlobalIndex, dataset: RetrievalDataset) -> Rankings:
         """``dataset``'s queries (described and whitened as the database) against ``index``, best first."""
@@ -133,10 +170,17 @@ class GlobalRetriever:
         t_extract = time.perf_counter() - t0
         k = None if cfg.topk is None else int(cfg.topk)
         t1 = time.perf_counter()
-        scores, ranks = search(q, index.database, k=k)
-        return Rankings(ranks, {}, {}, index.db_skipped, q_skipped,
-                        {"extract": index.seconds + t_extract, "search_qe": time.perf_counter() - t1},
-                        index.whitening, scores=scores, index=DescriptorIndex(q, index.database))
+        found = DescriptorIndex(q, index.database, index.ann)
+        scores, ranks = found.search(q, k)
+        t_search = time.perf_counter() - t1
+        info = {}
+        if index.ann is not None:
+            info["search"] = dict(index.ann.info)
+            if index.ann.settings.recall_vs_exact:
+                info["search"].update(measure_recall(index.ann, q, index.database))
+        return Rankings(ranks, {}, info, index.db_skipped, q_skipped,
+                        {"extract": index.seconds + t_extract, "search_qe": t_search},
+                        index.whitening, scores=scores, index=found)
 
     def rerankers(self, cfg: DictConfig, index: GlobalIndex, dataset: RetrievalDataset,
                   backbone: Backbone) -> list[Reranker]:

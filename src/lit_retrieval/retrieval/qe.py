@@ -6,8 +6,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .index import ANNIndex, search_with
 from .interface import Rankings
-from .search import search
+from .store import DescriptorStore
 
 
 def expand_queries(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray, scores: np.ndarray,
@@ -21,17 +22,23 @@ def expand_queries(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray, score
         return queries
     top = ranks[:, :k]
     w = np.ones(top.shape, np.float32) if alpha == 0 else np.clip(scores[:, :k], 0, None) ** alpha
-    expanded = queries + np.einsum("qk,qkd->qd", w.astype(np.float32), db[top])
+    w = np.where(top >= 0, w, 0)  # -1: an approximate index found fewer than k results
+    expanded = queries + np.einsum("qk,qkd->qd", w.astype(np.float32), db[np.maximum(top, 0)])
     return expanded / (np.linalg.norm(expanded, axis=1, keepdims=True) + 1e-6)
 
 
 @dataclass
 class DescriptorIndex:
     """What the global-descriptor stages read from a :class:`~.interface.Rankings`: the (whitened) query and
-    database descriptors the rankings were searched with."""
+    database descriptors the rankings were searched with, and the approximate index they were searched in
+    (``None``: exact search)."""
 
     queries: np.ndarray
-    database: np.ndarray
+    database: np.ndarray | DescriptorStore
+    ann: ANNIndex | None = None
+
+    def search(self, queries: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+        return search_with(self.ann, queries, self.database, k)
 
 
 @dataclass
@@ -48,5 +55,5 @@ class QueryExpansion:
     def __call__(self, rankings: Rankings) -> Rankings:
         index: DescriptorIndex = rankings.index
         q = expand_queries(index.queries, index.database, rankings.ranks, rankings.scores, k=self.k, alpha=self.alpha)
-        scores, ranks = search(q, index.database, k=self.topk)
-        return replace(rankings, ranks=ranks, scores=scores, index=DescriptorIndex(q, index.database))
+        scores, ranks = index.search(q, self.topk)
+        return replace(rankings, ranks=ranks, scores=scores, index=DescriptorIndex(q, index.database, index.ann))
