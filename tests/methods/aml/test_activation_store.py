@@ -175,3 +175,19 @@ def test_key_and_parameters_select_folder(tmp_path):
               ActivationStore(tmp_path, KEY, quantized=False), ActivationStore(tmp_path, KEY, clip=128),
               ActivationStore(tmp_path, KEY, levels=4)]
     assert len({base.dir, *(s.dir for s in others)}) == 6
+
+
+def test_store_keeps_at_most_its_cache_budget_in_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    maps = [np.maximum(rng.standard_normal((16, 6, 8)), 0).astype(np.float32) for _ in range(12)]
+    writer = ActivationStore(tmp_path, KEY, chunk_size=2, quantized=False)
+    for c in range(6):
+        writer.save_chunk(c, maps[2 * c:2 * c + 2])
+    one_chunk = 2 * maps[0].nbytes
+    store = ActivationStore(tmp_path, KEY, chunk_size=2, quantized=False, cache_bytes=int(2.5 * one_chunk))
+    for i in [0, 3, 5, 7, 9, 11, 1, 10]:  # every chunk, in a short-list's random order
+        np.testing.assert_array_equal(store.get(i)[0], maps[i])
+        assert store.cached_bytes <= 2.5 * one_chunk + 1024  # two chunks (+ their small index arrays)
+    assert len(store._cache) == 2
+    store.clear_cache()
+    assert store.cached_bytes == 0

@@ -171,6 +171,22 @@ def test_inverted_file_without_normalisation():
     assert not np.allclose(raw, norm)
 
 
+def test_inverted_file_saved_and_memory_mapped(tmp_path):
+    C, images, queries = _data(6)
+    for binary in (False, True):
+        sets = [(asmk_star if binary else asmk)(r[0], C) for r in images]
+        ivf = InvertedFile.build(sets)
+        back = InvertedFile.load(ivf.save(tmp_path / str(binary)))
+        assert isinstance(back.vecs, np.memmap) and back.binary == binary and len(back) == len(ivf)
+        for qd in queries:
+            q = (asmk_star if binary else asmk)(qd, C)
+            np.testing.assert_array_equal(back.scores(q), ivf.scores(q))
+        assert back.bytes_per_image() == ivf.bytes_per_image()
+    (tmp_path / "True" / "ivf.json").unlink()  # an interrupted save
+    with pytest.raises(FileNotFoundError, match="ivf.json"):
+        InvertedFile.load(tmp_path / "True")
+
+
 # ----------------------------------------------------------------------------------------------- local features
 class AvgPool8(Backbone):
     """A fake backbone with known features: 8×8 average pooling of the raw [0, 1] image (3 channels, stride 8)."""

@@ -93,7 +93,7 @@ def activation_store(cfg: DictConfig, base_key: dict[str, Any], dataset: Retriev
     key.update(kind="activations", dataset=dataset.name, root=str(dataset.root),
                items=item_keys(dataset_items(dataset, "db")), version=2)
     return ActivationStore(s.dir, key, quantized=bool(s.quantize), clip=None if s.clip is None else float(s.clip),
-                           levels=int(s.levels))
+                           levels=int(s.levels), cache_bytes=int(float(s.get("cache_mb", 2048)) * 2 ** 20))
 
 
 def fill_store(store: ActivationStore, paths: list[Path], backbone: torch.nn.Module, cfg: DictConfig,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -162,6 +163,10 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.missing)
 
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in (self.payload, self.offsets, self.shapes, self.scales, self.missing)))
+
 
 class ActivationStore:
     """On-disk, chunked, resumable store of the activation maps of a database (Sec. 7 compression).
@@ -169,11 +174,12 @@ class ActivationStore:
     The folder is ``root / key_digest({**key, chunk_size, quantized, clip, levels})`` and holds ``key.json``
     and ``chunk_XXXXXX.npz`` files, each written atomically with arrays ``codes`` (uint8, quantized) or
     ``raw`` (float32), ``offsets``, ``shapes``, ``scales`` and ``missing``. Loaded chunks are kept in memory
-    in their compact form (raw float32 maps in raw mode: the whole database's size in memory) and decoded on each
-    :meth:`get`. A chunk file that cannot be read or is inconsistent counts as absent."""
+    in their compact form, the most recently used first, up to ``cache_bytes`` (the least recently used are
+    dropped and read again when needed: a short-list over a million images never holds the whole store), and
+    decoded on each :meth:`get`. A chunk file that cannot be read or is inconsistent counts as absent."""
 
     def __init__(self, root: str | Path, key: dict[str, Any], chunk_size: int = 64, quantized: bool = True,
-                 clip: float | None = None, levels: int = 8):
+                 clip: float | None = None, levels: int = 8, cache_bytes: int = 2 << 30):
         if chunk_size < 1:
             raise ValueError(f"ActivationStore: chunk_size must be positive, got {chunk_size}")
         if not 1 <= levels <= MAX_LEVELS:
@@ -194,7 +200,9 @@ class ActivationStore:
         meta = self.dir / "key.json"
         if not meta.exists():
             atomic_write(meta, lambda f: f.write(json.dumps(full_key, sort_keys=True, indent=1, default=str).encode()))
-        self._cache: dict[int, _Chunk] = {}
+        self.cache_bytes = int(cache_bytes)
+        self._cache: OrderedDict[int, _Chunk] = OrderedDict()
+        self._cached = 0  # bytes of the chunks in _cache
 
     # -- chunk files ---------------------------------------------------------------------------------------
     def _chunk_path(self, index: int) -> Path:
@@ -241,11 +249,21 @@ class ActivationStore:
 
     def _chunk(self, index: int) -> _Chunk | None:
         if index in self._cache:
+            self._cache.move_to_end(index)
             return self._cache[index]
         c = self._read(index)
-        if c is not None:
-            self._cache[index] = c  # a short-list reads the database in random order: keep what was read
+        if c is not None:  # a short-list reads the database in random order: keep what was read, within budget
+            self._cache[index] = c
+            self._cached += c.nbytes
+            while self._cached > self.cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= old.nbytes
         return c
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the chunks held in memory now (at most ``cache_bytes``, or one chunk)."""
+        return self._cached
 
     def has_chunk(self, index: int) -> bool:
         """Whether chunk ``index`` is on disk and readable (it is then kept in memory)."""
@@ -281,7 +299,9 @@ class ActivationStore:
                   "offsets": offsets, "shapes": np.asarray(shapes, dtype=np.int64),
                   "scales": np.asarray(scales, dtype=np.float64), "missing": np.asarray(missing, dtype=bool)}
         atomic_write(self._chunk_path(index), lambda f: np.savez(f, **arrays))
-        self._cache.pop(index, None)
+        dropped = self._cache.pop(index, None)
+        if dropped is not None:
+            self._cached -= dropped.nbytes
 
     # -- entries -------------------------------------------------------------------------------------------
     def _entry(self, c: _Chunk, j: int, as_float: bool = True) -> tuple[np.ndarray, float] | None:
@@ -349,3 +369,4 @@ class ActivationStore:
     def clear_cache(self) -> None:
         """Drop the chunks kept in memory."""
         self._cache.clear()
+        self._cached = 0

@@ -9,6 +9,7 @@ database image.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -83,6 +84,42 @@ class InvertedFile:
         s = self.scores(query)
         ranks = np.argsort(-s, kind="stable")
         return s, ranks if k is None else ranks[:k]
+
+    _ARRAYS = ("words", "image_ids", "vecs", "gammas")
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the index to ``folder`` (one ``.npy`` per array, each atomically, then ``ivf.json``: a folder
+        without it is incomplete), so that :meth:`load` can memory-map it."""
+        from ...atomic import atomic_json, atomic_write
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ivf.json").unlink(missing_ok=True)
+        for name in self._ARRAYS:
+            arr = np.ascontiguousarray(getattr(self, name))
+            atomic_write(folder / f"{name}.npy", lambda f, a=arr: np.save(f, a))
+        atomic_json({"dim": self.dim, "alpha": self.alpha, "tau": self.tau, "normalize": self.normalize,
+                     "n_images": self.n_images, "items": int(len(self.words))}, folder / "ivf.json")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, mmap: bool = True) -> "InvertedFile":
+        """The index :meth:`save` wrote; with ``mmap`` its arrays are memory-mapped (read-only, pages read as the
+        posting lists are visited: the index of a million images need not fit in memory)."""
+        import json
+
+        folder = Path(folder)
+        meta_file = folder / "ivf.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{folder} holds no complete inverted file (ivf.json missing): save it again")
+        meta = json.loads(meta_file.read_text())
+        arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+                  for n in cls._ARRAYS}
+        if not len(arrays["words"]) == len(arrays["image_ids"]) == len(arrays["vecs"]) == meta["items"] \
+                or len(arrays["gammas"]) != meta["n_images"]:
+            raise ValueError(f"{folder}: the inverted file's arrays do not match ivf.json: save it again")
+        return cls(arrays["words"], arrays["image_ids"], arrays["vecs"], arrays["gammas"], meta["dim"],
+                   meta["alpha"], meta["tau"], meta["normalize"])
 
     def bytes_per_image(self) -> float:
         """Mean storage per image: vectors (float32 ``D·4`` or packed ``ceil(D/8)`` bytes) + a 4-byte word id each."""
