@@ -31,7 +31,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    from lit_retrieval.cli import renamed_overrides
+    from lit_retrieval.cli import register_help, renamed_overrides
+
+    register_help()
 
     sys.argv[1:] = renamed_overrides(sys.argv[1:])
     main()

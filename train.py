@@ -29,4 +29,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from lit_retrieval.cli import register_help
+
+    register_help()
     main()

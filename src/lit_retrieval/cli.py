@@ -1,4 +1,5 @@
-"""What ``eval.py`` and ``train.py`` do with a user's mistake: one clear message and exit status 2, no traceback."""
+"""What ``eval.py`` and ``train.py`` do with a user's mistake (one clear message and exit status 2, no traceback)
+and what their ``--help`` lists (every choice of each config group, with the first comment line of its YAML)."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 TRACEBACK_ENV = "LIT_RETRIEVAL_TRACEBACK"
 
@@ -52,3 +54,51 @@ def reported_errors(tool: str) -> Iterator[None]:
         logging.getLogger(tool).error("%s: %s", type(err).__name__, err)
         print(f"{tool}: error: {err}\n({TRACEBACK_ENV}=1 shows the traceback)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+#: the config groups ``--help`` lists, per script (``task_name``)
+HELP_GROUPS = {"eval": ("method", "dataset", "backbone", "whitening", "qe", "rerank", "trainer"),
+               "train": ("experiment", "model", "data", "backbone", "trainer", "logger", "callbacks")}
+HELP_EXAMPLES = {"eval": "python eval.py method=rmac rerank=aml dataset=roxford5k backbone=resnet101 image_size=1024",
+                 "train": "python train.py experiment=regional_attention_shared trainer=gpu"}
+
+
+def _conf_dir() -> Path:
+    return Path(os.environ.get("LIT_RETRIEVAL_ROOT", Path(__file__).resolve().parents[2])) / "conf"
+
+
+def describe_option(path: Path) -> str:
+    """The first comment line of a config file (after Hydra's ``@package`` header), or ``""``."""
+    for line in path.read_text().splitlines():
+        text = line.strip()
+        if not text.startswith("#"):
+            break
+        text = text.lstrip("#").strip()
+        if text and not text.startswith("@package"):
+            return text
+    return ""
+
+
+def group_help(group: str, width: int = 120) -> str:
+    """One line per choice of ``conf/<group>/``: its name and description (cut to ``width``)."""
+    rows = []
+    files = sorted((_conf_dir() / group).glob("*.yaml"))
+    name_width = max((len(f.stem) for f in files), default=0) + 2
+    for f in files:
+        line = f"  {f.stem:<{name_width}}{describe_option(f)}".rstrip()
+        rows.append(line if len(line) <= width else line[: width - 1] + "…")
+    return "\n".join(rows)
+
+
+def task_help(task: str) -> str:
+    """The ``--help`` listing of a script: each of its config groups and their choices."""
+    text = "\n\n".join([f"e.g. {HELP_EXAMPLES[str(task)]}"] * (str(task) in HELP_EXAMPLES)
+                       + [f"{g}=...\n{group_help(g)}" for g in HELP_GROUPS.get(str(task), ())])
+    return text.replace("$", "$$")  # Hydra fills the template with string.Template: a literal $ is $$
+
+
+def register_help() -> None:
+    """Make ``${lit_help:<task>}`` (``conf/hydra/default.yaml``'s help template) available to Hydra."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("lit_help", task_help, replace=True)

@@ -53,3 +53,22 @@ def test_eval_py_applies_the_former_spellings(tmp_path):
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.method.aggregation == "none" and cfg.ckpt_path is None
     assert "aggregation= is now method.aggregation=" in proc.stderr
+
+
+def test_help_lists_every_choice_with_its_description():
+    from lit_retrieval.cli import HELP_GROUPS, describe_option
+
+    root = ROOT
+    for script, expected in (("eval.py", ["method=...", "gem ", "GeM (Radenović", "dataset=...", "roxford5k",
+                                          "rerank=...", "trainer=..."]),
+                             ("train.py", ["experiment=...", "quickstart", "model=...", "logger=..."])):
+        out = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        for text in expected:
+            assert text in out.stdout, (script, text)
+    # every choice says what it is in its first comment line (after Hydra's @package header)
+    for task, groups in HELP_GROUPS.items():
+        for group in groups:
+            for f in (root / "conf" / group).glob("*.yaml"):
+                assert describe_option(f), f"{f} has no description comment for {task}.py --help"
