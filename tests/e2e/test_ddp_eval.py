@@ -102,5 +102,9 @@ def test_eval_trainer_ddp_refuses_what_it_cannot_shard(tmp_path):
         check_eval_options(eval_cfg(tmp_path, "trainer=ddp", "cache.enabled=false"))
     with pytest.raises(OptionError, match="method=d2r extracts its own features"):
         check_eval_options(eval_cfg(tmp_path, "trainer=ddp", "method=d2r"))
+    with pytest.raises(OptionError, match="AML activation store"):
+        check_eval_options(eval_cfg(tmp_path, "trainer=ddp", "method=rmac", "rerank=aml"))
     with pytest.raises(OptionError, match="store.dtype"):
         check_eval_options(eval_cfg(tmp_path, "store.dtype=int8"))
+    with pytest.raises(OptionError, match="store.chunk_size"):
+        check_eval_options(eval_cfg(tmp_path, "store.chunk_size=0"))

@@ -44,6 +44,20 @@ def test_revisitop1m_layout_appends_after_the_database(tiny, tmp_path):
         load_dataset({**cfg, "distractors": "r2m"})
 
 
+def test_distractors_extend_revisited_benchmarks_only(tmp_path):
+    import pickle
+
+    folder = tmp_path / "c"
+    (folder / "jpg").mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.new("RGB", (16, 16)).save(folder / "jpg" / f"{name}.jpg")
+    gnd = {"imlist": ["a", "b"], "qidx": [0], "gnd": [{"ok": [1], "junk": []}]}
+    (folder / "gnd.pkl").write_bytes(pickle.dumps(gnd))
+    with pytest.raises(DataError, match="extends revisited benchmarks"):
+        load_dataset({"kind": "classic", "gnd_file": str(folder / "gnd.pkl"), "images_dir": str(folder / "jpg"),
+                      "distractors": "procedural", "distractors_count": 3, "distractors_dir": str(tmp_path)})
+
+
 def test_eval_with_procedural_distractors_reuses_the_database_entry(tiny, tmp_path):
     from lit_retrieval.evaluate import run_eval
 

@@ -71,3 +71,7 @@ def test_eval_ivfpq_reports_recall_and_what_it_learned_on(tiny, tmp_path):
         run_eval(eval_cfg(tmp_path, *base, "search.index=ivfpq", *same), tmp_path / "leak")
     with pytest.raises(OptionError, match="search.index"):
         run_eval(eval_cfg(tmp_path, *base, "search.index=lsh"), tmp_path / "bad")
+    with pytest.raises(OptionError, match="search.nprobe"):
+        run_eval(eval_cfg(tmp_path, *base, "search.index=ivfpq", "search.nprobe=0"), tmp_path / "bad")
+    with pytest.raises(ValueError, match="search.train.dataset"):
+        run_eval(eval_cfg(tmp_path, *base, "search.index=ivfpq", "search.train.dataset=null"), tmp_path / "bad")

@@ -177,7 +177,7 @@ class GlobalRetriever:
         if index.ann is not None:
             info["search"] = dict(index.ann.info)
             if index.ann.settings.recall_vs_exact:
-                info["search"].update(measure_recall(index.ann, q, index.database))
+                info["search"].update(measure_recall(index.ann, q, index.database, ranks, t_search))
         return Rankings(ranks, {}, info, index.db_skipped, q_skipped,
                         {"extract": index.seconds + t_extract, "search_qe": t_search},
                         index.whitening, scores=scores, index=found)
