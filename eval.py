@@ -31,9 +31,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    from lit_retrieval.cli import register_help, renamed_overrides
+    from lit_retrieval.cli import override_help, register_help, renamed_overrides
 
     register_help()
-
     sys.argv[1:] = renamed_overrides(sys.argv[1:])
-    main()
+    with override_help("eval", sys.argv[1:]):
+        main()

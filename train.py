@@ -10,6 +10,7 @@ Examples::
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("LIT_RETRIEVAL_ROOT", str(Path(__file__).resolve().parent))
@@ -29,7 +30,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from lit_retrieval.cli import register_help
+    from lit_retrieval.cli import override_help, register_help
 
     register_help()
-    main()
+    with override_help("train", sys.argv[1:]):
+        main()

@@ -4,8 +4,8 @@ The method is whatever :func:`~lit_retrieval.retrieval.interface.build_retriever
 module names none): it checks its settings, ranks (:class:`~lit_retrieval.retrieval.interface.Rankings`) and draws
 its own pictures. Everything a reader of the results looks at is written to the run directory: ``results.json``
 (mAP and mP@k in percent, with intervals, the method's stages and sections), ``pr_curve.png`` and ``topk.png``
-(top-10 results of a few queries, positives/negatives/junk marked), the method's pictures, and a learned
-whitening (``whitening.npz``).
+(top-10 results of a few queries, positives/negatives/junk marked), the method's pictures, a learned
+whitening (``whitening.npz``) and ``report.html`` (all of it on one self-contained page: ``lit_retrieval.report``).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from .data.errors import GroundTruthError
 from .data.provenance import ContentSet, LearnedSets, set_cache_dir
 from .checkpoint import training_content
 from .options import check_eval_options
+from .loggers import build_loggers, finalize_loggers, log_hyperparams, log_images, log_metrics, log_table
+from .report import find_pictures, report_or_warn, write_eval_report
 from .metrics import (REVISITED_PROTOCOLS, compare, evaluate_ranks, format_ci, format_diff, revisited_protocol,
                       uncertainty)
 from .retrieval import distributed
@@ -136,6 +138,32 @@ def save_pictures(cfg: DictConfig, dataset: RetrievalDataset, results: dict[str,
          PictureContext(dataset, grid_gnd, shown.tolist(), out_dir, int(cfg.image_size), draw))
 
 
+def publish(cfg: DictConfig, results: dict[str, Any], out_dir: Path) -> None:
+    """The run's config, mAP (with intervals, per stage), results table and pictures to the experiment loggers of
+    ``logger=...`` (none by default); a logger that fails is left out with a warning."""
+    loggers = build_loggers(cfg.get("logger"))
+    if not loggers:
+        return
+    prefix = f"eval/{results['dataset']}/{results['method']}"
+    metrics = {f"{prefix}/mAP_{p}": v for p, v in results["map"].items()}
+    metrics |= {f"{prefix}/mAP_{p}_ci95_{end}": v for p, ci in results.get("map_ci95", {}).items()
+                for end, v in zip(("low", "high"), ci) if v is not None}
+    metrics |= {f"{prefix}/stages/{s}/mAP_{p}": v for s, m in results.get("stages", {}).items() for p, v in m.items()}
+    log_hyperparams(loggers, cfg)
+    log_metrics(loggers, {k: v for k, v in metrics.items() if v is not None}, step=0)
+    rows = [[p, results["map"][p], *(results.get("map_ci95", {}).get(p) or [None, None]),
+             *results["mpk"].get(p, {}).values()] for p in results["map"]]
+    first = next(iter(results["mpk"].values()), {})
+    log_table(loggers, "eval/map", ["protocol", "mAP", "ci95_low", "ci95_high", *(f"mP@{k}" for k in first)], rows)
+    if results.get("stages"):
+        log_table(loggers, "eval/stages", ["stage", *next(iter(results["stages"].values()))],
+                  [[s, *m.values()] for s, m in results["stages"].items()])
+    pictures = find_pictures(out_dir)
+    if pictures:
+        log_images(loggers, "eval/pictures", pictures, step=0)
+    finalize_loggers(loggers)
+
+
 def run_eval(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run one evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns the results dict."""
     out_dir = Path(out_dir)
@@ -207,5 +235,9 @@ def _run_eval(cfg: DictConfig, out_dir: Path, retriever: Retriever,
     write_results(results, out_dir / "results.json", Path(cfg.results_file) if cfg.results_file else None)
     if cfg.plots.enabled:
         save_pictures(cfg, dataset, results, ranks_db_nq, out_dir, retriever, run)
+    report = report_or_warn(write_eval_report, results, cfg, out_dir)
+    publish(cfg, results, out_dir)
     print(format_table(results), flush=True)
+    if report is not None:
+        print(f"report: {report}", flush=True)
     return results

@@ -8,7 +8,12 @@ wandb has no server here: it defaults to offline mode (``WANDB_MODE=offline`` un
 init timeout (``WANDB_INIT_TIMEOUT``), and its run is started right away, inside the guard, so that a
 failure shows up here instead of at the first ``log`` call mid-run.
 
-``log_table``/``log_images``/``log_hyperparams`` send extras to the loggers that take them; every call is
+MLflow's local file store (``logger=mlflow``: ``file:`` tracking URI) is allowed by default
+(``MLFLOW_ALLOW_FILE_STORE=true`` unless set; MLflow 3 refuses it otherwise).
+
+``log_table``/``log_images``/``log_hyperparams`` send extras to every logger in the form it keeps: wandb a table and
+images, TensorBoard a markdown text and images, MLflow JSON + markdown artifacts and the image files as artifacts,
+CSV a ``tables/<key>.csv`` beside its ``metrics.csv`` (its pictures are already in the run folder). Every call is
 guarded, so an exception is logged as a warning and swallowed.
 """
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,11 @@ def _is_wandb(target: str) -> bool:
 def _prepare_wandb_env() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_INIT_TIMEOUT", str(WANDB_INIT_TIMEOUT_S))
+
+
+def _prepare_mlflow_env(conf: DictConfig) -> None:
+    if str(conf.get("tracking_uri") or "").startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 def _close(logger: Any) -> None:
@@ -52,6 +62,13 @@ def finish_loggers(loggers: Logger | Iterable[Logger] | None) -> None:
     for lg in _as_list(loggers):
         if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
             _guarded("finish", lg, lambda lg=lg: lg._experiment.finish())
+
+
+def finalize_loggers(loggers: Logger | Iterable[Logger] | None) -> None:
+    """Flush and close every logger of a run without a Trainer (``eval.py``), guarded."""
+    for lg in _as_list(loggers):
+        _guarded("finalize", lg, lambda lg=lg: lg.finalize("success"))
+    finish_loggers(loggers)
 
 
 def build_loggers(cfg: DictConfig | Mapping | None) -> list[Logger]:
@@ -79,6 +96,8 @@ def build_loggers(cfg: DictConfig | Mapping | None) -> list[Logger]:
             target = str(conf._target_)
             if _is_wandb(target):
                 _prepare_wandb_env()
+            if "mlflow" in target.lower():
+                _prepare_mlflow_env(conf)
             logger = instantiate(conf, _convert_="all")
             if not isinstance(logger, Logger):
                 raise TypeError(f"{target} built a {type(logger).__name__}, not a pytorch_lightning Logger")
@@ -109,21 +128,71 @@ def _guarded(what: str, logger: Any, call: Callable[[], Any]) -> None:
         log.warning("%s on %s failed (ignored): %s: %s", what, type(logger).__name__, type(e).__name__, e)
 
 
-def log_table(loggers: Logger | Iterable[Logger] | None, key: str, columns: list[str], rows: list[list]) -> None:
-    """A table to wandb (``WandbLogger.log_table``); other loggers take nothing (the CSV logger has the metrics)."""
+def _safe_key(key: str) -> str:
+    """A logger key as a relative file name (``retrieval/table`` -> ``retrieval_table``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key).strip("_") or "table"
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    """A table in markdown (what TensorBoard's text tab and MLflow's artifact view show)."""
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def _table_to(lg: Logger, key: str, columns: list[str], rows: list[list], step: int | None) -> None:
+    if isinstance(lg, WandbLogger):
+        lg.log_table(key=key, columns=list(columns), data=[list(r) for r in rows])
+    elif isinstance(lg, TensorBoardLogger):
+        lg.experiment.add_text(key, markdown_table(columns, rows), global_step=step or 0)
+    elif isinstance(lg, MLFlowLogger):
+        name = f"tables/{_safe_key(key)}" + (f"_step{step}" if step is not None else "")
+        lg.experiment.log_dict(lg.run_id, {"columns": list(columns), "data": [list(r) for r in rows]}, name + ".json")
+        lg.experiment.log_text(lg.run_id, markdown_table(columns, rows), name + ".md")
+    elif isinstance(lg, CSVLogger):
+        import csv
+
+        path = Path(lg.log_dir) / "tables" / f"{_safe_key(key)}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", newline="") as f:  # one file per key; every call adds its rows (with the step)
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", *columns])
+            w.writerows([[step, *r] for r in rows])
+
+
+def log_table(loggers: Logger | Iterable[Logger] | None, key: str, columns: list[str], rows: list[list],
+              step: int | None = None) -> None:
+    """A table to every logger, in its own form (see the module docstring)."""
     for lg in _as_list(loggers):
-        if isinstance(lg, WandbLogger):
-            _guarded(f"log_table({key!r})", lg,
-                     lambda lg=lg: lg.log_table(key=key, columns=list(columns), data=[list(r) for r in rows]))
+        _guarded(f"log_table({key!r})", lg, lambda lg=lg: _table_to(lg, key, columns, rows, step))
+
+
+def _images_to(lg: Logger, key: str, paths: list[Path], step: int | None) -> None:
+    if isinstance(lg, WandbLogger):
+        lg.log_image(key=key, images=[str(p) for p in paths], step=step)
+    elif isinstance(lg, TensorBoardLogger):
+        import numpy as np
+        from PIL import Image
+
+        for i, p in enumerate(paths):
+            with Image.open(p) as im:
+                pixels = np.asarray(im.convert("RGB"))
+            tag = key if len(paths) == 1 else f"{key}/{i}_{p.stem}"
+            lg.experiment.add_image(tag, pixels, global_step=step or 0, dataformats="HWC")
+    elif isinstance(lg, MLFlowLogger):
+        for p in paths:
+            lg.experiment.log_artifact(lg.run_id, str(p), f"pictures/{_safe_key(key)}")
 
 
 def log_images(loggers: Logger | Iterable[Logger] | None, key: str, paths: list[str | Path],
                step: int | None = None) -> None:
-    """Image files to wandb (``WandbLogger.log_image``); other loggers take nothing."""
+    """Image files to every logger that keeps pictures (wandb, TensorBoard, MLflow); the CSV logger takes none (the
+    files are in the run folder already). A missing file is a guarded warning, never an error."""
+    files = [Path(p) for p in paths]
     for lg in _as_list(loggers):
-        if isinstance(lg, WandbLogger):
-            _guarded(f"log_images({key!r})", lg,
-                     lambda lg=lg: lg.log_image(key=key, images=[str(p) for p in paths], step=step))
+        if isinstance(lg, (WandbLogger, TensorBoardLogger, MLFlowLogger)):
+            _guarded(f"log_images({key!r})", lg, lambda lg=lg: _images_to(lg, key, files, step))
 
 
 def log_metrics(loggers: Logger | Iterable[Logger] | None, metrics: Mapping[str, float],

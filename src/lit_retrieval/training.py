@@ -1,7 +1,7 @@
 """The training run behind ``train.py``: data, module, callbacks, loggers and Trainer from the Hydra config.
 
 Writes ``results.json`` in the run folder (final metrics, best checkpoint and its score), which the multirun
-summary (``lit_retrieval.sweep_summary``) collects into one row per run.
+summary (``lit_retrieval.sweep_summary``) collects into one row per run, and ``report.html`` (the run on one page).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .atomic import atomic_json
 from .callbacks.retrieval_eval import TEST_PREFIX, RetrievalEvaluation
 from .loggers import build_loggers, finish_loggers, log_hyperparams
+from .report import report_or_warn, write_train_report
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results.update(c.run_record())
     if trainer.is_global_zero:
         atomic_json(results, out_dir / "results.json")
+        report_or_warn(write_train_report, results, cfg, out_dir)
     log.info("training done: best %s = %s (%s)", results["monitor"], results["monitor_value"],
              results["best_checkpoint"])
     finish_loggers(loggers)  # (wandb prints its own closing lines: before the summary, not after it)
@@ -129,6 +131,8 @@ def outputs_summary(results: dict[str, Any], out_dir: Path, more: list[str] = ()
     lines = [f"run folder: {out_dir}", f"  results.json     metrics, {tested}overlap checks"]
     if (out_dir / "retrieval.json").exists():
         lines.append("  retrieval.json   every validation table (by epoch) and the test table")
+    if (out_dir / "report.html").exists():
+        lines.append("  report.html      the whole run on one page: tables, learning curves, pictures, config")
     lines += list(more)
     plots = sorted(p.name for p in (out_dir / "plots").glob("*.png") if "_epoch" not in p.name) \
         if (out_dir / "plots").is_dir() else []
@@ -137,4 +141,6 @@ def outputs_summary(results: dict[str, Any], out_dir: Path, more: list[str] = ()
     if results.get("best_checkpoint"):
         last = ", last.ckpt" if results.get("last_checkpoint") else ""
         lines.append(f"  checkpoints/     best.ckpt (chosen on {results.get('monitor')}){last}")
+    if (out_dir / "report.html").exists():  # last: the page to open
+        lines.append(f"report: {out_dir / 'report.html'}")
     return "\n".join(lines)

@@ -55,7 +55,7 @@ def test_eval_gem_matches_independent_implementation(tiny, tmp_path):
                "image_size=256", f"results_file={tmp_path}/out.json")
     res = run_eval(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "out.json").read_text()) == res
-    for f in ("results.json", "pr_curve.png", "topk.png"):
+    for f in ("results.json", "pr_curve.png", "topk.png", "report.html"):
         assert (tmp_path / "run" / f).stat().st_size > 0
     ds = load_revisited(tiny, "tiny")
     db = _independent_gem(ds.db_paths, [None] * ds.n_db, 256)

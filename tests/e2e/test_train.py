@@ -47,7 +47,9 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test
     printed = capsys.readouterr().out
     end = printed[printed.rindex("retrieval evaluation, test (selected checkpoint)"):]
     assert "tinytest/regional_attention - gem" in end and f"run folder: {out}" in end
-    assert "plots/attention_regions_final.png" in end and end.rstrip().splitlines()[-1].startswith("  checkpoints/")
+    last = end.rstrip().splitlines()
+    assert "plots/attention_regions_final.png" in end and last[-2].startswith("  checkpoints/")
+    assert last[-1] == f"report: {out / 'report.html'}"  # the page to open comes last
     assert res["global_step"] == 9 and res["epochs"] == 3  # 12 images, batches of 4
     assert Path(res["best_checkpoint"]) == out / "checkpoints" / "best.ckpt"
     assert (out / "checkpoints" / "last.ckpt").is_file()
@@ -63,6 +65,7 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test
     for f in ("attention_regions.png", "attention_hist.png", "attention_regions_final.png"):
         assert (out / "plots" / f).stat().st_size > 1000
     assert list((out / "csv").rglob("metrics.csv"))
+    assert "  report.html" in end and (out / "report.html").stat().st_size > 0 and (out / "history.json").is_file()
 
     # the held-out test benchmark: evaluated once, on the selected checkpoint, with paired differences
     test = res["test"]

@@ -72,3 +72,34 @@ def test_help_lists_every_choice_with_its_description():
         for group in groups:
             for f in (root / "conf" / group).glob("*.yaml"):
                 assert describe_option(f), f"{f} has no description comment for {task}.py --help"
+    assert "tensorboard" in subprocess.run([sys.executable, str(root / "train.py"), "--help"], capture_output=True,
+                                           text=True, timeout=120).stdout
+
+
+@pytest.mark.parametrize("task, args, expected", [
+    ("eval", ["image_sise=512"], "image_sise: no such config key; did you mean image_size?"),
+    ("eval", ["method=gemm"], "method=gemm: method has no choice 'gemm'; did you mean method=gem?"),
+    ("eval", ["method=gem,spocc"], "did you mean method=spoc?"),
+    ("eval", ["methd=gem"], "did you mean method?"),
+    ("eval", ["dataset=revisited", "dataset.rot=x"], "did you mean dataset.root?"),
+    ("eval", ["dataset.rot=x"], "dataset has no key 'rot' (its keys: kind, seed,"),
+    ("eval", ["rerank=aml", "rerank.refine_stp=3"], "did you mean rerank.refine_step?"),
+    ("train", ["trainer.max_epoch=1"], "did you mean trainer.max_epochs?"),
+    ("train", ["model=regional_atention"], "did you mean model=regional_attention?"),
+])
+def test_an_unknown_override_names_the_closest_valid_key(task, args, expected):
+    hints = cli.override_hints(task, args)
+    assert len(hints) == 1 and expected in hints[0], hints
+
+
+def test_valid_overrides_get_no_hint():
+    assert cli.override_hints("eval", ["method=rmac", "image_size=64", "dataset=roxford5k", "dataset.root=/x",
+                                       "+newkey=1", "~qe", "hydra.run.dir=/tmp/x", "-m"]) == []
+
+
+def test_eval_py_prints_the_closest_key_after_hydras_message(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), "image_sise=512", f"paths.root_dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    assert "Could not override 'image_sise'" in proc.stderr  # Hydra's own message comes first
+    assert proc.stderr.rstrip().endswith("eval.py: image_sise: no such config key; did you mean image_size?")

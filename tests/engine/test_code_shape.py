@@ -15,6 +15,8 @@ CONFIG_CONSTRUCTORS = {
     "methods/detect_to_retrieve/detector/data.py", "data/classification.py", "data/pairs.py",
 }
 
+ABOVE_THE_ORCHESTRATOR = ("api.py",)  # the Python API is an entry point, as eval.py is: it runs the orchestrator
+
 
 def _imported(path: Path) -> set[str]:
     """Dotted ``lit_retrieval`` modules ``path`` imports (relative imports resolved)."""
@@ -40,7 +42,7 @@ def test_the_engine_never_imports_a_paper_and_papers_never_import_each_other():
         for mod in _imported(path):
             if mod.startswith("lit_retrieval.methods.") and not (own and (mod == own or mod.startswith(own + "."))):
                 bad.append(f"{path.relative_to(SRC)} imports {mod}")
-            if mod == "lit_retrieval.evaluate":
+            if mod == "lit_retrieval.evaluate" and rel != ABOVE_THE_ORCHESTRATOR:
                 bad.append(f"{path.relative_to(SRC)} imports the evaluate.py orchestrator")
     assert not bad, "imports must point down (papers -> engine): " + "; ".join(sorted(bad))
 

@@ -14,6 +14,7 @@ torchvision file name) and ``LIT_RETRIEVAL_OFFLINE=1`` (never try to download).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from collections.abc import Mapping
@@ -23,11 +24,14 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from ..fetching import download
+
 WEIGHTS_DIR_ENV = "LIT_RETRIEVAL_WEIGHTS_DIR"
 OFFLINE_ENV = "LIT_RETRIEVAL_OFFLINE"
 RANDOM, IMAGENET = "random", "imagenet"
 _NBT = "num_batches_tracked"
 _STALL_TIMEOUT_S = 30.0  # a download whose connection is silent this long is abandoned
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: resnet50-0676ba61.pth
 _ALTERNATIVES = (
     "Alternatives: `backbone.weights=random` (untrained network, for tests only), "
     "`backbone.weights=/path/to/file.pth` (your own state dict), or `backbone=efficientnet_lite0` "
@@ -74,6 +78,13 @@ def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
     thread.start()
     thread.join(timeout)
     return bool(ok)
+
+
+def checkpoint_hash_prefix(filename: str) -> str | None:
+    """The sha256 prefix a torchvision checkpoint carries in its name (``resnet50-0676ba61.pth`` -> ``0676ba61``,
+    torch.hub's ``check_hash`` convention), or ``None``."""
+    match = _HASH_IN_NAME.search(filename)
+    return match[1] if match else None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -173,7 +184,8 @@ def resolve_imagenet_checkpoint(
 
     Looks in order at: ``weights_file`` (must exist if given), ``$LIT_RETRIEVAL_WEIGHTS_DIR/<file>``,
     ``torch.hub.get_dir()/checkpoints/<file>``, then downloads ``url`` into the hub cache unless
-    ``$LIT_RETRIEVAL_OFFLINE`` is set or the host does not answer within a few seconds. Raises
+    ``$LIT_RETRIEVAL_OFFLINE`` is set or the host does not answer within a few seconds (resumable, verified by the
+    sha256 prefix in the file name: :func:`lit_retrieval.fetching.download`). Raises
     :class:`WeightsNotFoundError` naming the file, where to put it and where it comes from.
     """
     if weights_file is not None:
@@ -194,17 +206,12 @@ def resolve_imagenet_checkpoint(
     elif not host_reachable(host):
         reason = f"no network connection to {host}"
     else:
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(_STALL_TIMEOUT_S)  # torch.hub's urlopen has no timeout: never hang forever
         try:
-            return torch.hub.load_state_dict_from_url(
-                url, model_dir=str(hub_dir), map_location="cpu", progress=True, check_hash=True,
-                weights_only=True,
-            )
+            path = download(url, hub_dir / filename, sha256=checkpoint_hash_prefix(filename),
+                            timeout=_STALL_TIMEOUT_S)
+            return read_state_dict(path)
         except Exception as err:  # noqa: BLE001 - report any download failure the same way
             reason = f"download failed: {err}"
-        finally:
-            socket.setdefaulttimeout(previous)
     raise WeightsNotFoundError(
         f"ImageNet weights for {arch} not found: no file {filename!r} (looked at {', '.join(looked)}) "
         f"and {reason}. Download {url} and put it at {hub_dir / filename} (the torch hub cache), "

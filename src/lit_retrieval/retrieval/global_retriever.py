@@ -191,7 +191,11 @@ class GlobalRetriever:
 
     def rank(self, cfg: DictConfig, dataset: RetrievalDataset, backbone: Backbone, learned: LearnedSets,
              out_dir: Path, t0: float) -> Rankings:
-        index = self.index(cfg, dataset, backbone, learned, out_dir)
+        return self.rank_queries(cfg, self.index(cfg, dataset, backbone, learned, out_dir), dataset, backbone)
+
+    def rank_queries(self, cfg: DictConfig, index: GlobalIndex, dataset: RetrievalDataset,
+                     backbone: Backbone) -> Rankings:
+        """``dataset``'s queries against an index built once (:meth:`index`): the search, then the stages."""
         rankings = self.search(cfg, index, dataset)
         for stage in self.rerankers(cfg, index, dataset, backbone):
             t1 = time.perf_counter()
