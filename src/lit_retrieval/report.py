@@ -253,9 +253,16 @@ def image_data_uri(path: Path) -> str | None:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+# the pictures every eval run draws, captioned as a reader names them (the others: from their file names)
+CAPTIONS = {"pr_curve": "Precision-recall curve of each protocol",
+            "topk": "Top-10 results of a few queries (green: positive, red: negative, yellow: junk)"}
+
+
 def caption(path: Path) -> str:
     """A picture's caption from its file name: ``plots/attention_regions_final.png`` -> ``Attention regions
-    final``."""
+    final`` (:data:`CAPTIONS` for the generic ones)."""
+    if path.stem in CAPTIONS:
+        return CAPTIONS[path.stem]
     words = path.stem.replace("_", " ").replace("-", " ").strip()
     return words[:1].upper() + words[1:] if words else path.name
 

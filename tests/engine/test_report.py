@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import CONF, eval_cfg
 from lit_retrieval.metrics import format_ci, format_diff
-from lit_retrieval.report import (LEARNING_CURVES, REPORT_NAME, epoch_history, find_pictures, image_data_uri,
+from lit_retrieval.report import (CAPTIONS, LEARNING_CURVES, REPORT_NAME, epoch_history, find_pictures, image_data_uri,
                                   report_or_warn, write_eval_report, write_train_report)
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "source", "wbr"}
@@ -145,7 +145,7 @@ def test_eval_report_holds_every_value_and_picture(tmp_path, caplog):
     assert path == out / REPORT_NAME
     page, text = parsed(path), path.read_text()
     assert "broken.png" in caplog.text  # logged, skipped
-    assert page.captions == ["Pr curve", "Topk", "Aml localization", "Attention regions"]
+    assert page.captions == [CAPTIONS["pr_curve"], CAPTIONS["topk"], "Aml localization", "Attention regions"]
     for i in page.images:
         _, b64 = i["src"].split(",", 1)
         assert b64 and re.fullmatch(r"[A-Za-z0-9+/=]+", b64)
@@ -173,7 +173,7 @@ def test_a_missing_picture_is_skipped_and_pictures_off_leave_the_tables(tmp_path
     res, out = _eval_results(), _eval_run(tmp_path)
     (out / "pr_curve.png").unlink()
     page = parsed(write_eval_report(res, CFG, out))
-    assert "Pr curve" not in page.captions and "Topk" in page.captions
+    assert CAPTIONS["pr_curve"] not in page.captions and CAPTIONS["topk"] in page.captions
     off = OmegaConf.merge(CFG, {"plots": {"enabled": False}})
     text = write_eval_report(res, off, out).read_text()
     assert "<img" not in text and "plots.enabled=false" in text and format_ci(47.5, [30.5, 64.25]) in text
@@ -344,7 +344,7 @@ def test_every_evaluation_writes_its_report(eval_report):
     res, out = eval_report
     page = parsed(out / REPORT_NAME)
     text = (out / REPORT_NAME).read_text()
-    assert page.captions[:2] == ["Pr curve", "Topk"]
+    assert page.captions[:2] == [CAPTIONS["pr_curve"], CAPTIONS["topk"]]
     assert format_ci(res["map"]["medium"], res["map_ci95"]["medium"]) in text
     assert "gem on tiny" in text and "dataset:" in text  # the composed config
 

@@ -110,10 +110,38 @@ def test_all_queries_at_once_equal_query_by_query():
     for s, q, got in zip(shortlists, queries, together):
         want = rerank_shortlist([shapes[i] for i in s], lambda j, s=s: codes[s[j]], q, spec,
                                 AMLSettings(backend="torch"))
-        np.testing.assert_array_equal(got.boxes, want.boxes)
-        np.testing.assert_array_equal(got.order, want.order)
-        np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(got.aml_scores, want.aml_scores, rtol=0, atol=1e-6)
+        _same_reranking(got, want)
+
+
+def _same_reranking(got, want):
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+    np.testing.assert_array_equal(got.order, want.order)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.aml_scores, want.aml_scores, rtol=0, atol=1e-6)
+
+
+def test_a_whitening_that_reduces_the_dimension_re_scores_in_the_query_space():
+    """With whitening=pca (the windows' C-D descriptors whitened to D' < C, the query's space) both backends
+    re-rank alike and every window descriptor has the query's dimension."""
+    rng = np.random.default_rng(6)
+    C, D = 24, 10
+    proj = rng.normal(size=(C, D)).astype(np.float32)
+    whiten = lambda v: v @ proj / np.linalg.norm(v @ proj, axis=1, keepdims=True)
+    shapes = [None if i == 3 else (C, 9, 12) for i in range(8)]
+    codes = [None if sh is None else encode(_levels(1, *sh, seed=i)[0]) for i, sh in enumerate(shapes)]
+    queries = [AMLQuery(torch.from_numpy(rng.random(C).astype(np.float32)), rng.normal(size=D).astype(np.float32),
+                        None) for _ in range(2)]
+    shortlists = [np.arange(8), rng.permutation(8)[:5]]
+    spec = WindowDescriptor("mac")
+    together = rerank_queries(shortlists, lambda i: shapes[i], lambda i: codes[i], queries, spec, AMLSettings(),
+                              whiten)
+    for s, q, got in zip(shortlists, queries, together):
+        want = rerank_shortlist([shapes[i] for i in s], lambda j, s=s: codes[s[j]], q, spec,
+                                AMLSettings(backend="torch"), whiten)
+        _same_reranking(got, want)
+        assert got.descriptors.shape == (len(s), D)
+        np.testing.assert_allclose(got.scores[got.boxes[:, 0] >= 0],
+                                   (got.descriptors @ q.descriptor)[got.boxes[:, 0] >= 0], atol=1e-6)
 
 
 def test_bad_backend_is_named():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -222,7 +222,7 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
     aml_scores = np.full(n, -1.0, np.float32)
     boxes = np.full((n, 4), -1, np.int64)
     feature_hw = np.zeros((n, 2), np.int64)
-    raw = np.zeros((n, D), np.float32)
+    raw = _Rows(n, D)
     workspace = workspace or Workspace()
     timer = workspace.timer
     clock = time.perf_counter
@@ -239,18 +239,37 @@ def rerank_shortlist(shapes: Sequence[tuple[int, int, int] | None], load: Callab
     batches = _compiled_batches if aml.backend == "compiled" else _torch_batches
     for (C, H, W), members in groups.items():
         for idx, loc_boxes, loc_scores, v in batches((C, H, W), members, load, query, spec, aml, workspace, tick):
-            boxes[idx], aml_scores[idx], feature_hw[idx], raw[idx] = loc_boxes, loc_scores, (H, W), v
+            boxes[idx], aml_scores[idx], feature_hw[idx] = loc_boxes, loc_scores, (H, W)
+            raw.put(idx, v)
     t = clock()
-    out = _finish_query(query.descriptor, boxes, aml_scores, feature_hw, raw, whiten)
+    out = _finish_query(query.descriptor, boxes, aml_scores, feature_hw, raw.array, whiten)
     tick("describe", t)
     return out
+
+
+class _Rows:
+    """The window descriptors of a short-list before the evaluation's whitening: ``n`` rows whose width is that of
+    the first descriptors put (the filtering descriptor's own, which a PCA-whitening then reduces to the query's
+    ``width``; that width when none is put)."""
+
+    def __init__(self, n: int, width: int) -> None:
+        self.n, self.width, self._array = n, width, None
+
+    def put(self, rows: Any, values: np.ndarray) -> None:
+        if self._array is None:
+            self._array = np.zeros((self.n, values.shape[1]), np.float32)
+        self._array[rows] = values
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._array if self._array is not None else np.zeros((self.n, self.width), np.float32)
 
 
 def _finish_query(q_desc: np.ndarray, boxes: np.ndarray, aml_scores: np.ndarray, feature_hw: np.ndarray,
                   raw: np.ndarray, whiten: Callable[[np.ndarray], np.ndarray] | None) -> Reranked:
     """One query's short-list from its localized windows and their descriptors before whitening."""
     has = boxes[:, 0] >= 0
-    desc = np.zeros_like(raw)
+    desc = np.zeros((len(boxes), len(q_desc)), np.float32)  # the query's space: after the whitening (PCA: fewer dims)
     if has.any():
         desc[has] = whiten(raw[has]) if whiten is not None else raw[has]
     scores = np.full(len(boxes), -1.0, np.float32)
@@ -290,7 +309,7 @@ def rerank_queries(shortlists: Sequence[np.ndarray], shape_of: Callable[[int], t
     boxes = [np.full((len(s), 4), -1, np.int64) for s in shortlists]
     aml_scores = [np.full(len(s), -1.0, np.float32) for s in shortlists]
     feature_hw = [np.zeros((len(s), 2), np.int64) for s in shortlists]
-    raw = [np.zeros((len(s), D), np.float32) for s in shortlists]
+    raw = [_Rows(len(s), D) for s in shortlists]
     # every (query, position) pair of the short-lists, grouped by database image
     pair_q = np.repeat(np.arange(len(shortlists)), [len(s) for s in shortlists])
     pair_pos = np.concatenate([np.arange(len(s)) for s in shortlists]) if shortlists else np.zeros(0, np.int64)
@@ -332,14 +351,15 @@ def rerank_queries(shortlists: Sequence[np.ndarray], shape_of: Callable[[int], t
             for qi in np.unique(qs).tolist():  # scattered back to each query's short-list order
                 m = qs == qi
                 boxes[qi][pos[m]], aml_scores[qi][pos[m]] = out["boxes"][m], out["scores"][m]
-                feature_hw[qi][pos[m]], raw[qi][pos[m]] = (H, W), v[m]
+                feature_hw[qi][pos[m]] = (H, W)
+                raw[qi].put(pos[m], v[m])
             timer["describe"] = timer.get("describe", 0.0) + clock() - t
             if bar is not None:
                 bar.update(b1 - b0)
     if bar is not None:
         bar.close()
     t = clock()
-    out = [_finish_query(q.descriptor, boxes[k], aml_scores[k], feature_hw[k], raw[k], whiten)
+    out = [_finish_query(q.descriptor, boxes[k], aml_scores[k], feature_hw[k], raw[k].array, whiten)
            for k, q in enumerate(queries)]
     timer["describe"] = timer.get("describe", 0.0) + clock() - t
     return out
