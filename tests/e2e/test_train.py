@@ -42,7 +42,7 @@ def _attention(ckpt: Path) -> dict[str, torch.Tensor]:
 
 def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test, capsys):
     out = tmp_path / "run"
-    res = train(_cfg(out, _overrides(tmp_path, tiny, test=tiny_test)))
+    res = train(_cfg(out, _overrides(tmp_path, tiny, "logger=[csv,tensorboard]", test=tiny_test)))
     # the run ends with the test table and where its results and pictures are
     printed = capsys.readouterr().out
     end = printed[printed.rindex("retrieval evaluation, test (selected checkpoint)"):]
@@ -65,6 +65,15 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path, tiny, tiny_test
     for f in ("attention_regions.png", "attention_hist.png", "attention_regions_final.png"):
         assert (out / "plots" / f).stat().st_size > 1000
     assert list((out / "csv").rglob("metrics.csv"))
+    # the retrieval table and the attention pictures reach TensorBoard too (scalars, markdown text, images)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next((out / "tensorboard").glob("version_*"))),
+                           size_guidance={"images": 0, "tensors": 0}).Reload()
+    assert len(acc.Scalars("retrieval/tiny/regional_attention/mAP_M")) == 3  # one per validation epoch
+    assert {"attention/regions", "attention/histogram"} <= set(acc.Tags()["images"])
+    assert "| regional_attention |" in acc.Tensors("retrieval/table/text_summary")[-1].tensor_proto.string_val[0]\
+        .decode()
     assert "  report.html" in end and (out / "report.html").stat().st_size > 0 and (out / "history.json").is_file()
 
     # the held-out test benchmark: evaluated once, on the selected checkpoint, with paired differences
