@@ -51,6 +51,10 @@ def compose_eval(overrides: Sequence[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     root = _project_root()
+    if not (root / "conf" / "eval.yaml").is_file():
+        raise FileNotFoundError(f"{root / 'conf' / 'eval.yaml'} not found: the Python API composes the checkout's "
+                                "conf/. Fix: install the checkout editable (pip install -e . / uv pip install -e .) "
+                                "or set LIT_RETRIEVAL_ROOT to the checkout")
     args = [f"paths.root_dir={root}", *overrides]
     GlobalHydra.instance().clear()
     try:

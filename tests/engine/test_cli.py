@@ -60,7 +60,7 @@ def test_help_lists_every_choice_with_its_description():
 
     root = ROOT
     for script, expected in (("eval.py", ["method=...", "gem ", "GeM (Radenović", "dataset=...", "roxford5k",
-                                          "rerank=...", "trainer=..."]),
+                                          "rerank=...", "trainer=...", "logger=...", "tensorboard"]),
                              ("train.py", ["experiment=...", "quickstart", "model=...", "logger=..."])):
         out = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True, text=True,
                              timeout=120)

@@ -97,3 +97,9 @@ def test_bad_inputs_are_clear(tmp_path):
         Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(index_dir / f"{i}.png")
     with pytest.raises(ValueError, match="2 boxes for 1 queries"):
         m.index(index_dir).search([index_dir / "0.png"], boxes=[None, None])
+
+
+def test_without_the_checkout_s_configs_the_error_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_RETRIEVAL_ROOT", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="install the checkout editable"):
+        lit_retrieval.build("gem")
