@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import _project_root, override_hints
+from .cli import project_root, override_hints
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PathLike = str | Path
@@ -50,7 +50,7 @@ def compose_eval(overrides: Sequence[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    root = _project_root()
+    root = project_root()
     if not (root / "conf" / "eval.yaml").is_file():
         raise FileNotFoundError(f"{root / 'conf' / 'eval.yaml'} not found: the Python API composes the checkout's "
                                 "conf/. Fix: install the checkout editable (pip install -e . / uv pip install -e .) "

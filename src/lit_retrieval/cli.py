@@ -67,7 +67,7 @@ HELP_EXAMPLES = {"eval": "python eval.py method=rmac rerank=aml dataset=roxford5
 
 
 def _conf_dir() -> Path:
-    return Path(os.environ.get("LIT_RETRIEVAL_ROOT", Path(__file__).resolve().parents[2])) / "conf"
+    return project_root() / "conf"
 
 
 def describe_option(path: Path) -> str:
@@ -218,7 +218,7 @@ def _print_hints(task: str, args: list[str]) -> None:
         print(f"{task}.py: {line}", file=sys.stderr, flush=True)
 
 
-def _project_root() -> Path:
+def project_root() -> Path:
     """The checkout holding ``eval.py``, ``train.py`` and ``conf/`` (``$LIT_RETRIEVAL_ROOT``, else the folder above
     ``src/``, which is where an editable install points)."""
     env = os.environ.get("LIT_RETRIEVAL_ROOT")
@@ -228,7 +228,7 @@ def _project_root() -> Path:
 def _run_script(name: str) -> None:
     import runpy
 
-    script = _project_root() / name
+    script = project_root() / name
     if not script.is_file() or not (script.parent / "conf").is_dir():
         print(f"lit-{name.removesuffix('.py')}: error: {script} not found: the console scripts run the checkout's "
               f"{name} and conf/. Fix: install the checkout editable (pip install -e . / uv pip install -e .) or "

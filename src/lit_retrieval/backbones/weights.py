@@ -87,6 +87,11 @@ def checkpoint_hash_prefix(filename: str) -> str | None:
     return match[1] if match else None
 
 
+def hub_checkpoints() -> Path:
+    """``torch.hub.get_dir()/checkpoints``: where torchvision checkpoints are looked for and downloaded to."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from ``path`` (also unwraps ``{"state_dict": ...}`` / ``{"model": ...}``).
 
@@ -191,7 +196,7 @@ def resolve_imagenet_checkpoint(
     if weights_file is not None:
         return read_state_dict(weights_file)
     filename = os.path.basename(urlparse(url).path)
-    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    hub_dir = hub_checkpoints()
     looked = []
     env_dir = os.environ.get(WEIGHTS_DIR_ENV)
     for folder in ([Path(env_dir).expanduser()] if env_dir else []) + [hub_dir]:

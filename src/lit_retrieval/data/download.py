@@ -118,7 +118,9 @@ def default_root() -> Path:
     """``$LIT_RETRIEVAL_DATA``, else ``data/`` in the repository (``conf/paths/default.yaml``'s ``data_dir``)."""
     if os.environ.get("LIT_RETRIEVAL_DATA"):
         return Path(os.environ["LIT_RETRIEVAL_DATA"])
-    return Path(os.environ.get("LIT_RETRIEVAL_ROOT") or Path(__file__).resolve().parents[3]) / "data"
+    from ..cli import project_root
+
+    return project_root() / "data"
 
 
 def wanted_archives(spec: DatasetSpec, settings: Settings) -> tuple[Remote, ...]:
